@@ -1,0 +1,1 @@
+"""Local emulators of the remote services (installed as ``accessproof_fakes``)."""
