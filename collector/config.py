@@ -318,7 +318,7 @@ def validate_sources(config: Config) -> None:
     """Check every source's type against the registry and its own option schema."""
     from .registry import get_integration
 
-    get_integration(config.hr.type, file=str(config.file), section="hr")
+    get_integration(config.hr.type, file=str(config.file), section="hr").validate(config.hr)
     for source in config.sources:
         integration = get_integration(source.type, file=source.file, section=source.section)
         integration.validate(source)

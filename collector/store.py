@@ -35,7 +35,15 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .errors import IntegrityError
-from .schema import conform
+from .schema import SCHEMAS, conform
+
+_ARROW_TYPES = {"str": pa.large_string(), "bool": pa.bool_(), "date": pa.date32(),
+                "ts": pa.timestamp("us", tz="UTC"), "list": pa.list_(pa.large_string())}
+
+
+def arrow_schema(table: str) -> pa.Schema:
+    """A fixed Parquet schema per table, so that every snapshot of a table reads alike."""
+    return pa.schema([(col, _ARROW_TYPES[kind]) for col, kind in SCHEMAS[table].items()])
 
 SNAPSHOT_SCHEMA_VERSION = 1
 GOOD_STATUSES = ("ok", "degraded")
@@ -149,7 +157,7 @@ class SnapshotWriter:
     def write_table(self, table: str, df: pd.DataFrame) -> None:
         df = conform(df, table, source=self.source)
         (self.work_dir / "tables").mkdir(exist_ok=True)
-        arrow = pa.Table.from_pandas(df, preserve_index=False)
+        arrow = pa.Table.from_pandas(df, schema=arrow_schema(table), preserve_index=False)
         pq.write_table(arrow, self.work_dir / "tables" / f"{table}.parquet", compression="zstd")
         self.tables[table] = len(df)
 

@@ -1,0 +1,20 @@
+"""CC6.2 controls as pure functions of ``ControlInputs`` (DESIGN §4). Control ids are public."""
+
+from __future__ import annotations
+
+from ..results import ControlResult
+from . import deprovisioning, no_access, orphans
+from .inputs import ControlInputs, SourceState
+
+CONTROLS = {
+    deprovisioning.ID: deprovisioning.evaluate,
+    no_access.ID: no_access.evaluate,
+    orphans.ID: orphans.evaluate,
+}
+
+
+def evaluate_all(inputs: ControlInputs) -> list[ControlResult]:
+    return [evaluate(inputs) for evaluate in CONTROLS.values()]
+
+
+__all__ = ["CONTROLS", "ControlInputs", "SourceState", "evaluate_all"]

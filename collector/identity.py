@@ -1,0 +1,51 @@
+"""Identity links between accounts and HR people (DESIGN §9 "Identity links").
+
+A person is identified by their normalised primary email; rows of ``people`` sharing it are that
+person's employments (a rehire). An account links by email or alias, case- and
+space-insensitively; a key that points at two people is *ambiguous* and never guessed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .schema import normalize_email
+
+LINKED, UNLINKED, AMBIGUOUS = "linked", "none", "ambiguous"
+
+
+@dataclass
+class IdentityIndex:
+    lookup: pd.Series            # normalised email or alias → person's primary email
+    ambiguous: dict[str, list[str]]   # key → the primary emails it could mean
+    person_ids: pd.Series        # primary email → person_id of the latest employment
+
+    @classmethod
+    def from_people(cls, people: pd.DataFrame) -> "IdentityIndex":
+        primary = people["email"].map(normalize_email)
+        pairs = [pd.DataFrame({"key": primary, "person": primary})]
+        if "aliases" in people.columns:
+            aliases = pd.DataFrame({"key": people["aliases"], "person": primary}).explode("key")
+            aliases["key"] = aliases["key"].map(normalize_email)
+            pairs.append(aliases)
+        keys = pd.concat(pairs, ignore_index=True).dropna().drop_duplicates()
+        counts = keys.groupby("key")["person"].nunique()
+        ambiguous_keys = set(counts[counts > 1].index)
+        ambiguous = {k: sorted(g["person"].unique()) for k, g in
+                     keys[keys["key"].isin(ambiguous_keys)].groupby("key")}
+        unique = keys[~keys["key"].isin(ambiguous_keys)].drop_duplicates("key")
+        latest = people.assign(_email=primary).sort_values("hired_on", na_position="first")
+        person_ids = latest.drop_duplicates("_email", keep="last").set_index("_email")["person_id"]
+        return cls(unique.set_index("key")["person"], ambiguous, person_ids)
+
+    def link(self, emails: pd.Series) -> pd.DataFrame:
+        """For each account email: ``person`` (primary email or None) and ``link`` status."""
+        keys = emails.map(normalize_email)
+        person = keys.map(self.lookup).astype(object)
+        status = pd.Series(UNLINKED, index=emails.index, dtype=object)
+        status[person.notna()] = LINKED
+        status[keys.isin(set(self.ambiguous))] = AMBIGUOUS
+        return pd.DataFrame({"person": person.where(person.notna(), None), "link": status},
+                            index=emails.index)
