@@ -62,25 +62,34 @@ def normalize_email(value) -> str | None:
     return text or None
 
 
+_TZ_SUFFIX = r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
+
+
 def _to_utc(series: pd.Series, column: str, source: str) -> pd.Series:
-    if series.empty:
-        return pd.Series([], dtype=UTC_TS, index=series.index)
     if isinstance(series.dtype, pd.DatetimeTZDtype):
         return series.dt.tz_convert("UTC").astype(UTC_TS)
-    if pd.api.types.is_datetime64_dtype(series.dtype):
+    if pd.api.types.is_datetime64_dtype(series.dtype) and series.notna().any():
         raise SourceError(source, f"column '{column}' holds naive timestamps; times must be "
                                   "tz-aware")
-    values = []
-    for value in series:
-        if value is None or value is pd.NaT or (isinstance(value, float) and pd.isna(value)):
-            values.append(pd.NaT)
-            continue
-        ts = pd.Timestamp(value)
-        if ts.tzinfo is None:
-            raise SourceError(source, f"column '{column}' holds a naive timestamp {value!r}; "
-                                      "times must be tz-aware")
-        values.append(ts.tz_convert("UTC"))
-    return pd.Series(pd.DatetimeIndex(values, tz="UTC").astype(UTC_TS), index=series.index)
+    values = series.astype(object).where(series.notna(), None)
+    present = values.dropna()
+    if present.empty:
+        return pd.Series(pd.NaT, index=series.index, dtype=UTC_TS)
+    if all(isinstance(v, str) for v in present):
+        naive = ~present.str.strip().str.contains(_TZ_SUFFIX, regex=True)
+        parsed_kwargs = {"format": "ISO8601"}
+    else:
+        naive = present.map(lambda v: isinstance(v, str) and not pd.Timestamp(v).tzinfo
+                            or getattr(v, "tzinfo", "n/a") is None)
+        parsed_kwargs = {}
+    if naive.any():
+        raise SourceError(source, f"column '{column}' holds a naive timestamp "
+                                  f"{present[naive].iloc[0]!r}; times must be tz-aware")
+    try:
+        parsed = pd.to_datetime(values, utc=True, **parsed_kwargs)
+    except (ValueError, TypeError) as exc:
+        raise SourceError(source, f"column '{column}': unreadable timestamp ({exc})") from None
+    return parsed.astype(UTC_TS)
 
 
 def _to_date(series: pd.Series) -> pd.Series:
@@ -122,8 +131,7 @@ def conform(df: pd.DataFrame, table: str, *, source: str) -> pd.DataFrame:
         series = df[column].reset_index(drop=True) if column in df.columns else \
             pd.Series([None] * len(df), dtype=object)
         if kind == "str":
-            out[column] = series.astype(object).where(series.notna(), None).map(
-                lambda v: None if v is None else str(v)).astype("string")
+            out[column] = series.astype("string")
         elif kind == "bool":
             out[column] = series.astype("boolean")
         elif kind == "ts":

@@ -104,6 +104,11 @@ class SourceTimeline:
     def coverage_end(self) -> pd.Timestamp | None:
         return self.snap_finish[-1] if len(self.snap_finish) else None
 
+    @property
+    def events_until(self) -> pd.Timestamp | None:
+        """The end of the latest stored event window."""
+        return max((w[1] for w in self.event_windows), default=None)
+
     def events_cover(self, start: pd.Timestamp, end: pd.Timestamp) -> bool:
         """Whether the stored event history has no hole between ``start`` and ``end``."""
         cursor = start

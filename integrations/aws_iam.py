@@ -25,7 +25,7 @@ from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionE
                                  NoCredentialsError, NoRegionError, PartialCredentialsError)
 
 from collector.config import SourceConfig
-from collector.errors import ConfigError, SourceError
+from collector.errors import SourceError
 from collector.integration import CollectContext, CollectResult, Integration, Permission
 from collector.paging import TokenPaginator
 from collector.schema import SCHEMAS, conform
@@ -62,7 +62,7 @@ HIDDEN_USER = "HIDDEN_DUE_TO_SECURITY_REASONS"
 
 # API call → the IAM permission it needs, for error messages.
 PERMISSION_OF = {
-    "GetCallerIdentity": "no permission (sts:GetCallerIdentity is always allowed)",
+    "GetCallerIdentity": "sts:GetCallerIdentity",  # needs no grant; cannot be denied
     "AssumeRole": "sts:AssumeRole",
     "GenerateCredentialReport": "iam:GenerateCredentialReport",
     "GetCredentialReport": "iam:GetCredentialReport",
@@ -125,7 +125,8 @@ class Settings:
         for key, low, high in (("backfill_days", 1, RETENTION_DAYS), ("max_attempts", 1, 20)):
             if key in source.options:
                 value = source.options[key]
-                if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                if isinstance(value, bool) or not isinstance(value, int) \
+                        or not low <= value <= high:
                     raise source.error(key, f"must be a whole number from {low} to {high}")
                 values[key] = value
         if "report_timeout_seconds" in source.options:
@@ -175,10 +176,7 @@ class AwsIam(Integration):
         Settings.from_source(source)
 
     def collect(self, ctx: CollectContext) -> CollectResult:
-        try:
-            settings = Settings.from_source(ctx.config)
-        except ConfigError as exc:
-            raise SourceError(ctx.name, str(exc)) from exc
+        settings = Settings.from_source(ctx.config)
         aws = AwsClient(ctx, settings)
         identity = aws.caller_identity()
         account_id = identity["Account"]
@@ -272,8 +270,9 @@ class AwsClient:
         except NoRegionError as exc:
             raise SourceError(self.ctx.name, f"{operation}: no region ({exc})") from exc
         except EndpointConnectionError as exc:
-            raise SourceError(self.ctx.name, f"{operation}: cannot reach {exc.kwargs.get('endpoint_url')} "
-                                             f"after {self.settings.max_attempts} attempt(s)") from exc
+            where = exc.kwargs.get("endpoint_url")
+            raise SourceError(self.ctx.name, f"{operation}: cannot reach {where} after "
+                                             f"{self.settings.max_attempts} attempt(s)") from exc
         except BotoCoreError as exc:
             raise SourceError(self.ctx.name, f"{operation} failed: {exc}") from exc
 
@@ -359,7 +358,8 @@ class AwsClient:
             return page
 
         for page in TokenPaginator(fetch, lambda p: p.get("IsTruncated") and p.get("Marker"),
-                                   source=self.ctx.name, request="iam:GetAccountAuthorizationDetails"):
+                                   source=self.ctx.name,
+                                   request="iam:GetAccountAuthorizationDetails"):
             users.extend(page.get("UserDetailList", []))
             groups.extend(page.get("GroupDetailList", []))
         return users, groups
@@ -443,8 +443,8 @@ def build_accounts(report_rows: list[dict], users: list[dict], groups: list[dict
             enabled = last_login = never = None
             created = _ts(user.get("CreateDate"))
         else:
-            enabled = bool(_bool(row.get("password_enabled")) or _bool(row.get("access_key_1_active"))
-                           or _bool(row.get("access_key_2_active")))
+            enabled = any(_bool(row.get(c)) for c in ("password_enabled", "access_key_1_active",
+                                                      "access_key_2_active"))
             used = [ts for ts in (_ts(row.get(c)) for c in SIGN_IN_COLUMNS) if ts is not None]
             last_login = max(used) if used else None
             # every sign-in column a sentinel = "never signed in", a value (not unknown)

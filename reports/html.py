@@ -56,14 +56,19 @@ def fmt_hours(value: Any) -> str:
     return "—" if _missing(value) else f"{float(value):.1f}"
 
 
+_ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$")
+
+
 def fmt_value(value: Any) -> str:
-    """Any IPE or policy value as one line of text."""
+    """Any IPE, policy or excluded-item value as one line of text."""
     if isinstance(value, np.generic):
         value = value.item()
     if _missing(value):
         return "—"
-    if isinstance(value, (pd.Timestamp,)):
+    if isinstance(value, pd.Timestamp) or (isinstance(value, str) and _ISO_TIME.match(value)):
         return fmt_utc(value, seconds=True)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
+        return ", ".join(str(v) for v in value) or "—"
     if isinstance(value, (dict, list, tuple)):
         return json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
     return str(value)
@@ -101,14 +106,30 @@ def stylesheet() -> Markup:
     return Markup(css)
 
 
+# IPE facts in the order an auditor reads them; unknown keys follow, sorted, never dropped.
+IPE_LABELS = {
+    "principal": "Run-as principal",
+    "instances": "Instances (accounts, tenants)",
+    "window": "Query time window",
+    "started_at": "Collection started",
+    "finished_at": "Collection finished",
+    "status": "Collection status",
+    "tool_version": "Tool version",
+    "path": "Snapshot",
+    "snapshot": "Snapshot",
+    "manifest_sha256": "Snapshot manifest SHA-256",
+}
+
+
 def _ipe(source: SourceReport) -> dict[str, Any]:
-    """Split a source's IPE facts into request rows and plain facts; nothing is dropped."""
+    """Split a source's IPE facts into request rows, table counts and plain facts."""
     ipe = dict(source.ipe or {})
     requests = []
     for name, req in sorted((ipe.pop("requests", None) or {}).items()):
         req = dict(req) if isinstance(req, dict) else {"value": req}
         requests.append({
             "name": name,
+            "file": req.pop("file", None),
             "endpoint": fmt_value(req.pop("endpoint", None)),
             "parameters": fmt_value(req.pop("parameters", None)),
             "pages": fmt_value(req.pop("pages", None)),
@@ -119,15 +140,14 @@ def _ipe(source: SourceReport) -> dict[str, Any]:
     for name, tab in sorted((ipe.pop("tables", None) or {}).items()):
         records = tab.get("records") if isinstance(tab, dict) else tab
         tables.append({"name": name, "records": fmt_value(records)})
-    window = ipe.pop("window", None)
     facts = []
-    if isinstance(window, dict):
-        facts.append(("Time window", f"{fmt_value(window.get('start'))} to "
-                                     f"{fmt_value(window.get('end'))}"))
-    elif window is not None:
-        facts.append(("Time window", fmt_value(window)))
-    facts += [(key.replace("_", " ").capitalize(), fmt_value(value))
-              for key, value in sorted(ipe.items())]
+    for key in [k for k in IPE_LABELS if k in ipe] + sorted(k for k in ipe if k not in IPE_LABELS):
+        value = ipe[key]
+        if key == "window" and isinstance(value, dict):
+            text = f"{fmt_value(value.get('start'))} to {fmt_value(value.get('end'))}"
+        else:
+            text = fmt_value(value)
+        facts.append((IPE_LABELS.get(key, key.replace("_", " ").capitalize()), text))
     return {"facts": facts, "requests": requests, "tables": tables}
 
 

@@ -7,7 +7,6 @@ manifest was re-hashed to match is still caught: the next pack's chain no longer
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -33,10 +32,6 @@ class Check:
 
 def verify_ok(checks: list[Check]) -> bool:
     return bool(checks) and all(c.ok for c in checks)
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _pack_order(manifest: Path) -> tuple[str, int, str]:

@@ -35,8 +35,9 @@ def judge(inputs: ControlInputs, item) -> dict:
     logins = [t for t in tl.logins_after(row, threshold) if before_cutoff(t)]
     last_value = tl.accounts["last_login_at"].iloc[row]
     value_after = pd.notna(last_value) and last_value > threshold and before_cutoff(last_value)
-    end = tl.coverage_end
-    events_decide = end is not None and tl.events_cover(item.termination_effective, end)
+    end = tl.events_until
+    events_decide = end is not None and end >= item.termination_effective and \
+        tl.events_cover(item.termination_effective, end)
     known_last = int(tl.login_known_last[row]) if row < len(tl.login_known_last) else -1
     last_seen = int(tl.accounts["last_seen"].iloc[row])
     value_decides = (known_last >= 0 and known_last == last_seen

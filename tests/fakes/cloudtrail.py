@@ -83,9 +83,10 @@ def _username(identity: dict[str, Any]) -> str:
     return identity["userName"]
 
 
-def make_event(name: str, at: dt.datetime | str, user_name: str | None, *, actor: str = DEFAULT_ACTOR,
-               request_parameters: dict | None = None, response_elements: dict | None = None,
-               error_code: str | None = None, source: str | None = None,
+def make_event(name: str, at: dt.datetime | str, user_name: str | None, *,
+               actor: str = DEFAULT_ACTOR, request_parameters: dict | None = None,
+               response_elements: dict | None = None, error_code: str | None = None,
+               source: str | None = None,
                event_id: str | None = None, account_id: str = DEFAULT_ACCOUNT,
                region: str = "us-east-1") -> dict[str, Any]:
     """A LookupEvents event as AWS returns it.
@@ -117,12 +118,14 @@ def make_event(name: str, at: dt.datetime | str, user_name: str | None, *, actor
         if params.get("userName"):
             resources.append({"ResourceType": "AWS::IAM::User", "ResourceName": params["userName"]})
         if params.get("groupName"):
-            resources.append({"ResourceType": "AWS::IAM::Group", "ResourceName": params["groupName"]})
+            resources.append({"ResourceType": "AWS::IAM::Group",
+                              "ResourceName": params["groupName"]})
         if params.get("accessKeyId"):
             resources.append({"ResourceType": "AWS::IAM::AccessKey",
                               "ResourceName": params["accessKeyId"]})
         if params.get("policyArn"):
-            resources.append({"ResourceType": "AWS::IAM::Policy", "ResourceName": params["policyArn"]})
+            resources.append({"ResourceType": "AWS::IAM::Policy",
+                              "ResourceName": params["policyArn"]})
     access_key = "ASIA" + uuid.uuid5(uuid.NAMESPACE_OID, event_id).hex[:16].upper()
     if name != "ConsoleLogin":
         identity["accessKeyId"] = access_key
@@ -268,7 +271,8 @@ class CloudTrailEmulator:
         try:
             entry["region"] = self._authenticate(headers)
             if (headers.get("Content-Type") or "").split(";")[0].strip() != CONTENT_TYPE:
-                raise _ApiError("UnknownOperationException", "expected content type " + CONTENT_TYPE)
+                raise _ApiError("UnknownOperationException",
+                                "expected content type " + CONTENT_TYPE)
             try:
                 entry["body"] = body = json.loads(raw or b"{}")
             except ValueError:
