@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .schema import normalize_email
+from .schema import normalize_email, normalize_emails
 
 LINKED, UNLINKED, AMBIGUOUS = "linked", "none", "ambiguous"
 
@@ -24,11 +24,11 @@ class IdentityIndex:
 
     @classmethod
     def from_people(cls, people: pd.DataFrame) -> "IdentityIndex":
-        primary = people["email"].map(normalize_email)
+        primary = normalize_emails(people["email"])
         pairs = [pd.DataFrame({"key": primary, "person": primary})]
         if "aliases" in people.columns:
             aliases = pd.DataFrame({"key": people["aliases"], "person": primary}).explode("key")
-            aliases["key"] = aliases["key"].map(normalize_email)
+            aliases["key"] = normalize_emails(aliases["key"])
             pairs.append(aliases)
         keys = pd.concat(pairs, ignore_index=True).dropna().drop_duplicates()
         counts = keys.groupby("key")["person"].nunique()
@@ -42,7 +42,7 @@ class IdentityIndex:
 
     def link(self, emails: pd.Series) -> pd.DataFrame:
         """For each account email: ``person`` (primary email or None) and ``link`` status."""
-        keys = emails.map(normalize_email)
+        keys = normalize_emails(emails)
         person = keys.map(self.lookup).astype(object)
         status = pd.Series(UNLINKED, index=emails.index, dtype=object)
         status[person.notna()] = LINKED

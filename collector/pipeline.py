@@ -23,7 +23,7 @@ from .integration import CollectContext
 from .periods import Period
 from .registry import get_integration
 from .results import Evidence, SnapshotRef, SourceReport
-from .schema import empty, normalize_email
+from .schema import empty, normalize_emails
 from .store import Snapshot, SnapshotStore, iso, utc_now
 from .timeline import SourceTimeline, build_timeline
 
@@ -155,16 +155,27 @@ def load_people(snapshots: list[Snapshot]) -> pd.DataFrame:
     later exports (some HR systems drop leavers) stay in the population."""
     if not snapshots:
         return empty("people")
-    frames = [snapshots[-1].read("people")]
-    seen = set(zip(frames[0]["email"].map(normalize_email), frames[0]["hired_on"]))
+
+    def keys(frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"email": normalize_emails(frame["email"]),
+                             "hired_on": frame["hired_on"].astype(object)})
+
+    latest = snapshots[-1]
+    frames = [latest.read("people")]
+    seen = keys(frames[0])
+    seen_files = {latest.manifest["files"].get("tables/people.parquet")}
     for snap in reversed(snapshots[:-1]):
-        keys = snap.read("people", columns=["email", "hired_on"])
-        pairs = list(zip(keys["email"].map(normalize_email), keys["hired_on"]))
-        missing = [p not in seen for p in pairs]
-        if any(missing):
-            older = snap.read("people")
-            frames.append(older[missing])
-            seen.update(p for p, m in zip(pairs, missing) if m)
+        digest = snap.manifest["files"].get("tables/people.parquet")
+        if digest in seen_files:      # the same export as one already read
+            continue
+        seen_files.add(digest)
+        candidate = keys(snap.read("people", columns=["email", "hired_on"]))
+        missing = candidate.merge(seen.drop_duplicates(), how="left", indicator=True)["_merge"] \
+            .eq("left_only").to_numpy()
+        if missing.any():
+            older = snap.read("people")[missing]
+            frames.append(older)
+            seen = pd.concat([seen, keys(older)], ignore_index=True)
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 

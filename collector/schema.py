@@ -65,6 +65,12 @@ def normalize_email(value) -> str | None:
 _TZ_SUFFIX = r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
 
 
+def normalize_emails(series: pd.Series) -> pd.Series:
+    """``normalize_email`` for a whole column, vectorised; empty values become None."""
+    out = series.astype("string").str.replace(r"\s+", "", regex=True).str.lower()
+    return out.where(out.notna() & (out != ""), None).astype(object)
+
+
 def _to_utc(series: pd.Series, column: str, source: str) -> pd.Series:
     if isinstance(series.dtype, pd.DatetimeTZDtype):
         return series.dt.tz_convert("UTC").astype(UTC_TS)

@@ -260,6 +260,9 @@ class Snapshot:
     def has_table(self, table: str) -> bool:
         return table in self.manifest.get("tables", {})
 
+    def read_arrow(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.path / "tables" / f"{table}.parquet", columns=columns)
+
     def read(self, table: str, columns: list[str] | None = None) -> pd.DataFrame:
         path = self.path / "tables" / f"{table}.parquet"
         df = pq.read_table(path, columns=columns).to_pandas()

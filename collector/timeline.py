@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .store import Snapshot
 
@@ -67,9 +69,16 @@ class DisableFinding:
     last_enabled_seen: pd.Timestamp | None
 
 
-def _keys(frame: pd.DataFrame) -> pd.Index:
-    ident = frame["account_id"].astype("string").fillna(frame["login"].astype("string"))
-    return pd.Index(frame["instance"].astype("string").fillna("") + _KEY_SEP + ident)
+def _arrow_keys(table: pa.Table) -> np.ndarray:
+    """One key per row: instance + account id (login when the source has no stable id)."""
+    ident = pc.cast(pc.coalesce(table["account_id"], table["login"]), pa.large_string())
+    instance = pc.cast(pc.fill_null(table["instance"], ""), pa.large_string())
+    sep = pa.scalar(_KEY_SEP, pa.large_string())
+    return pc.binary_join_element_wise(instance, ident, sep).to_numpy(zero_copy_only=False)
+
+
+def _bool(column) -> np.ndarray:
+    return pc.fill_null(column, False).to_numpy(zero_copy_only=False).astype(bool)
 
 
 @dataclass
@@ -84,13 +93,17 @@ class SourceTimeline:
     event_windows: list[tuple[pd.Timestamp, pd.Timestamp]]
     snap_start: pd.DatetimeIndex = field(init=False)
     snap_finish: pd.DatetimeIndex = field(init=False)
-    _events_by_row: dict = field(init=False, repr=False)
 
     def __post_init__(self):
         self.snap_start = pd.DatetimeIndex([s.started_at for s in self.snapshots])
         self.snap_finish = pd.DatetimeIndex([s.finished_at for s in self.snapshots])
-        ev = self.events[self.events["row"] >= 0]
-        self._events_by_row = {row: grp.sort_values("at") for row, grp in ev.groupby("row")}
+        # events sorted by (account row, time): one account's events are a contiguous slice
+        ev = self.events[self.events["row"] >= 0].sort_values(["row", "at"], kind="stable")
+        self._ev = ev.reset_index(drop=True)
+        self._ev_rows = ev["row"].to_numpy()
+        self._ev_at = ev["at"].dt.as_unit("us").array.asi8
+        self._ev_action = ev["action"].to_numpy(dtype=object)
+        self._ev_ok = (ev["outcome"].fillna("success") == "success").to_numpy(dtype=bool)
 
     # ---- coverage -------------------------------------------------------------------------
     @property
@@ -125,21 +138,29 @@ class SourceTimeline:
         return idx if idx < len(self.snapshots) else None
 
     # ---- per-account questions --------------------------------------------------------------
-    def events_for(self, row: int) -> pd.DataFrame | None:
-        return self._events_by_row.get(row)
+    def _slice(self, row: int) -> slice:
+        lo = int(np.searchsorted(self._ev_rows, row, side="left"))
+        hi = int(np.searchsorted(self._ev_rows, row, side="right"))
+        return slice(lo, hi)
+
+    def events_for(self, row: int) -> pd.DataFrame:
+        return self._ev.iloc[self._slice(row)]
+
+    def _event_times(self, row: int, actions: tuple[str, ...], after, until) -> np.ndarray:
+        """Times (µs) of the account's successful events of ``actions`` in (after, until]."""
+        sl = self._slice(row)
+        at = self._ev_at[sl]
+        mask = np.fromiter((a in actions for a in self._ev_action[sl]), bool, len(at)) \
+            & self._ev_ok[sl]
+        if after is not None:
+            mask &= at > _us(after)
+        if until is not None:
+            mask &= at <= _us(until)
+        return at[mask]
 
     def _last_event(self, row: int, actions: tuple[str, ...], after, until) -> pd.Timestamp | None:
-        ev = self._events_by_row.get(row)
-        if ev is None:
-            return None
-        at = ev["at"]
-        mask = ev["action"].isin(actions) & (ev["outcome"].fillna("success") == "success")
-        if after is not None:
-            mask &= at > after
-        if until is not None:
-            mask &= at <= until
-        hits = at[mask]
-        return hits.iloc[-1] if len(hits) else None
+        hits = self._event_times(row, actions, after, until)
+        return pd.Timestamp(int(hits[-1]), unit="us", tz="UTC") if len(hits) else None
 
     def disable_after(self, row: int, reference: pd.Timestamp,
                       cutoff: pd.Timestamp | None = None) -> DisableFinding:
@@ -209,13 +230,13 @@ class SourceTimeline:
         last = int(seen[-1])
         return TimeEstimate(self.snap_start[last], self.snap_finish[last + 1], SNAPSHOTS)
 
-    def logins_after(self, row: int, after: pd.Timestamp) -> pd.Series:
-        ev = self._events_by_row.get(row)
-        if ev is None:
-            return pd.Series([], dtype="datetime64[us, UTC]")
-        mask = (ev["action"] == "login") & (ev["outcome"].fillna("success") == "success") & \
-            (ev["at"] > after)
-        return ev.loc[mask, "at"]
+    def logins_after(self, row: int, after: pd.Timestamp) -> list[pd.Timestamp]:
+        return [pd.Timestamp(int(t), unit="us", tz="UTC")
+                for t in self._event_times(row, ("login",), after, None)]
+
+
+def _us(ts) -> int:
+    return pd.Timestamp(ts).value // 1000   # .value is always nanoseconds
 
 
 def _merge_windows(windows):
@@ -233,27 +254,25 @@ def build_timeline(source: str, source_type: str, snapshots: list[Snapshot]) -> 
     snapshots = [s for s in snapshots if s.good and s.has_table("accounts")]
     key_index = pd.Index([], dtype=object)
     per_snapshot = []          # (positions, states, login_known) per snapshot
-    latest_attrs: list[pd.DataFrame] = []
-    last_login = np.zeros(0, dtype="int64")       # epoch ns, 0 = none
+    last_login = np.zeros(0, dtype="int64")       # epoch µs, 0 = none
     never = np.zeros(0, dtype=bool)
-    for s_idx, snap in enumerate(snapshots):
-        frame = snap.read("accounts", columns=_NARROW)
-        keys = _keys(frame)
-        new = keys[~keys.isin(key_index)].unique()
-        if len(new):
+    for snap in snapshots:
+        table = snap.read_arrow("accounts", columns=_NARROW)
+        keys = _arrow_keys(table)
+        pos = key_index.get_indexer(keys)
+        if (pos < 0).any():
+            new = pd.unique(keys[pos < 0])
             key_index = key_index.append(pd.Index(new, dtype=object))
             last_login = np.concatenate([last_login, np.zeros(len(new), dtype="int64")])
             never = np.concatenate([never, np.zeros(len(new), dtype=bool)])
-        pos = key_index.get_indexer(keys)
-        enabled = frame["enabled"].fillna(False).to_numpy(dtype=bool)
-        logins = frame["last_login_at"]
-        has_login = logins.notna().to_numpy()
-        ns = np.where(has_login, logins.astype("datetime64[ns, UTC]").array.asi8, 0)
-        np.maximum.at(last_login, pos, ns)
-        never_now = frame["never_logged_in"].fillna(False).to_numpy(dtype=bool)
+            pos = key_index.get_indexer(keys)
+        logins = pc.cast(table["last_login_at"], pa.int64())
+        has_login = pc.is_valid(logins).to_numpy(zero_copy_only=False)
+        np.maximum.at(last_login, pos, pc.fill_null(logins, 0).to_numpy(zero_copy_only=False))
+        never_now = _bool(table["never_logged_in"])
         never[pos] = never_now & ~has_login
-        per_snapshot.append((pos, np.where(enabled, ENABLED, DISABLED).astype(np.int8),
-                             has_login | never_now))
+        per_snapshot.append((pos, np.where(_bool(table["enabled"]), ENABLED, DISABLED)
+                             .astype(np.int8), has_login | never_now))
 
     n_acc, n_snap = len(key_index), len(snapshots)
     state = np.zeros((n_acc, n_snap), dtype=np.int8)
@@ -262,17 +281,18 @@ def build_timeline(source: str, source_type: str, snapshots: list[Snapshot]) -> 
         state[pos, s_idx] = states
         login_known_last[pos[known]] = s_idx
 
-    # attributes from each account's latest observation: walk back from the newest snapshot
-    remaining = pd.Index(key_index)
+    # attributes from each account's latest observation: one read per distinct last snapshot
     seen_last = (state != ABSENT)
     last_seen_idx = np.where(seen_last.any(axis=1),
                              n_snap - 1 - np.argmax(seen_last[:, ::-1], axis=1), -1)
+    latest_attrs = []
     for s_idx in sorted(set(last_seen_idx[last_seen_idx >= 0].tolist()), reverse=True):
-        attrs = snapshots[s_idx].read("accounts", columns=_ATTRIBUTES)
-        attrs.index = _keys(attrs)
-        wanted = key_index[last_seen_idx == s_idx]
-        latest_attrs.append(attrs.loc[attrs.index.isin(wanted)])
-        remaining = remaining.difference(wanted)
+        table = snapshots[s_idx].read_arrow("accounts", columns=_ATTRIBUTES)
+        keys = _arrow_keys(table)
+        wanted = last_seen_idx[key_index.get_indexer(keys)] == s_idx
+        attrs = table.filter(pa.array(wanted)).to_pandas()
+        attrs.index = keys[wanted]
+        latest_attrs.append(attrs)
     if latest_attrs:
         accounts = pd.concat(latest_attrs)
         accounts = accounts[~accounts.index.duplicated(keep="first")].reindex(key_index)
@@ -280,7 +300,7 @@ def build_timeline(source: str, source_type: str, snapshots: list[Snapshot]) -> 
         accounts = pd.DataFrame(columns=_ATTRIBUTES, index=key_index)
     accounts = accounts.reset_index(drop=True)
     accounts["last_login_at"] = pd.to_datetime(pd.Series(last_login).where(last_login > 0),
-                                               unit="ns", utc=True)
+                                               unit="us", utc=True)
     accounts["never_logged_in"] = never
     accounts["first_seen"] = np.where(seen_last.any(axis=1), np.argmax(seen_last, axis=1), -1) \
         if n_snap else np.full(n_acc, -1)
@@ -322,27 +342,28 @@ def _attach_events(events, accounts, state, login_known_last):
     ev_key = (events["instance"].astype("string").fillna("") + _KEY_SEP
               + events["target_account"].astype("string").str.lower())
     rows = ev_key.map(lookup)
-    orphan_keys = ev_key[rows.isna() & events["target_account"].notna()].unique()
-    if len(orphan_keys):
+    unseen = rows.isna().to_numpy() & events["target_account"].notna().to_numpy()
+    if unseen.any():
         # accounts deleted before the first snapshot but seen in events are in the population
-        extra_rows = []
-        for key in orphan_keys:
-            ev = events[ev_key == key]
-            login = ev["target_account"].iloc[-1]
-            email = ev["target_email"].dropna()
-            email = email.iloc[-1] if len(email) else (login if "@" in str(login) else None)
-            extra_rows.append({"instance": ev["instance"].iloc[-1], "account_id": None,
-                               "login": login, "email": email, "display_name": login,
-                               "kind": "unknown", "privileged": False, "groups": [],
-                               "created_at": pd.NaT, "last_login_at": pd.NaT,
-                               "never_logged_in": False, "first_seen": -1, "last_seen": -1,
-                               "from_events_only": True})
+        ev = events[unseen].assign(_key=ev_key[unseen].to_numpy())
+        last = ev.groupby("_key", sort=False).agg(
+            instance=("instance", "last"), login=("target_account", "last"),
+            email=("target_email", "last"))
+        logins = last["login"].astype(object)
+        email = last["email"].astype(object)
+        email = email.where(email.notna(), logins.where(logins.str.contains("@"), None))
+        extra = pd.DataFrame({
+            "instance": last["instance"].to_numpy(), "account_id": None,
+            "login": logins.to_numpy(), "email": email.to_numpy(),
+            "display_name": logins.to_numpy(), "kind": "unknown", "privileged": False,
+            "groups": [[] for _ in range(len(last))], "created_at": pd.NaT,
+            "last_login_at": pd.NaT, "never_logged_in": False, "first_seen": -1,
+            "last_seen": -1, "from_events_only": True})
         start = len(accounts)
-        accounts = pd.concat([accounts, pd.DataFrame(extra_rows)], ignore_index=True)
-        extra_lookup = pd.Series(range(start, start + len(orphan_keys)), index=orphan_keys)
+        accounts = pd.concat([accounts, extra], ignore_index=True)
+        extra_lookup = pd.Series(np.arange(start, start + len(last)), index=last.index)
         rows = rows.fillna(ev_key.map(extra_lookup))
-        state = np.vstack([state, np.zeros((len(orphan_keys), state.shape[1]), np.int8)])
-        login_known_last = np.concatenate([login_known_last,
-                                           np.full(len(orphan_keys), -1, np.int64)])
+        state = np.vstack([state, np.zeros((len(last), state.shape[1]), np.int8)])
+        login_known_last = np.concatenate([login_known_last, np.full(len(last), -1, np.int64)])
     events = events.assign(row=rows.fillna(-1).astype("int64"))
     return events, accounts, state, login_known_last

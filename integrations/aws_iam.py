@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import boto3
+import botocore.session
 import pandas as pd
 from botocore.config import Config
 from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError,
@@ -216,6 +217,21 @@ class AwsIam(Integration):
             })
 
 
+_shared_loader = None
+
+
+def _botocore_session() -> botocore.session.Session:
+    """A fresh botocore session that reuses one data loader: service models are parsed once per
+    process rather than once per collection (a scheduler collects for months)."""
+    global _shared_loader
+    session = botocore.session.Session()
+    if _shared_loader is None:
+        _shared_loader = session.get_component("data_loader")
+    else:
+        session.register_component("data_loader", _shared_loader)
+    return session
+
+
 class AwsClient:
     """The AWS calls of one collection: clients, retries, error mapping and raw recording."""
 
@@ -228,12 +244,14 @@ class AwsClient:
                              connect_timeout=10, read_timeout=60,
                              user_agent_extra="accessproof")
         self.cloudtrail_region = _cloudtrail_region(settings.region)
+        self._clients: dict[str, Any] = {}
         self.session = self._session()
 
     # --- plumbing -----------------------------------------------------------------------------
     def _session(self) -> boto3.session.Session:
         # The default chain: environment, AWS_PROFILE / shared config, instance or task role.
-        base = boto3.session.Session(region_name=self.settings.region)
+        base = boto3.session.Session(region_name=self.settings.region,
+                                     botocore_session=_botocore_session())
         if not self.settings.assume_role_arn:
             return base
         sts = base.client("sts", endpoint_url=self.settings.endpoint_url, config=self.config)
@@ -246,15 +264,20 @@ class AwsClient:
         return boto3.session.Session(aws_access_key_id=creds["AccessKeyId"],
                                      aws_secret_access_key=creds["SecretAccessKey"],
                                      aws_session_token=creds["SessionToken"],
-                                     region_name=self.settings.region)
+                                     region_name=self.settings.region,
+                                     botocore_session=_botocore_session())
 
     def client(self, service: str):
-        if service == "cloudtrail":
-            return self.session.client(
-                "cloudtrail", region_name=self.cloudtrail_region, config=self.config,
-                endpoint_url=self.settings.cloudtrail_endpoint_url or self.settings.endpoint_url)
-        return self.session.client(service, endpoint_url=self.settings.endpoint_url,
-                                   config=self.config)
+        if service not in self._clients:
+            if service == "cloudtrail":
+                self._clients[service] = self.session.client(
+                    "cloudtrail", region_name=self.cloudtrail_region, config=self.config,
+                    endpoint_url=self.settings.cloudtrail_endpoint_url
+                    or self.settings.endpoint_url)
+            else:
+                self._clients[service] = self.session.client(
+                    service, endpoint_url=self.settings.endpoint_url, config=self.config)
+        return self._clients[service]
 
     def call(self, client, operation: str, **kwargs) -> dict[str, Any]:
         """One API call (botocore retries inside); failures become ``SourceError``."""

@@ -7,6 +7,7 @@ a misspelt variable is an error rather than an empty cell.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import re
@@ -52,7 +53,7 @@ def fmt_utc(value: Any, seconds: bool = False) -> str:
     return ts.strftime("%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC")
 
 
-def fmt_hours(value: Any) -> str:
+def fmt_decimal(value: Any) -> str:
     return "—" if _missing(value) else f"{float(value):.1f}"
 
 
@@ -65,7 +66,7 @@ def fmt_value(value: Any) -> str:
         value = value.item()
     if _missing(value):
         return "—"
-    if isinstance(value, pd.Timestamp) or (isinstance(value, str) and _ISO_TIME.match(value)):
+    if isinstance(value, dt.datetime) or (isinstance(value, str) and _ISO_TIME.match(value)):
         return fmt_utc(value, seconds=True)
     if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
         return ", ".join(str(v) for v in value) or "—"
@@ -85,15 +86,19 @@ def soft_breaks(value: Any) -> Markup:
 
 
 def fmt_count(value: Any) -> str:
-    return f"{int(value):,}"
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return fmt_value(value)
 
 
 @lru_cache(maxsize=1)
 def environment() -> Environment:
     env = Environment(loader=FunctionLoader(_package_text), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(utc=fmt_utc, hours=fmt_hours, decimal=fmt_hours, iso=iso, value=fmt_value, count=fmt_count,
-                       breakable=soft_breaks)
+    env.filters.update(utc=fmt_utc, decimal=fmt_decimal, iso=iso, value=fmt_value,
+                       count=fmt_count, breakable=soft_breaks)
     return env
 
 
@@ -132,14 +137,14 @@ def _ipe(source: SourceReport) -> dict[str, Any]:
             "file": req.pop("file", None),
             "endpoint": fmt_value(req.pop("endpoint", None)),
             "parameters": fmt_value(req.pop("parameters", None)),
-            "pages": fmt_value(req.pop("pages", None)),
-            "records": fmt_value(req.pop("records", None)),
+            "pages": fmt_count(req.pop("pages", None)),
+            "records": fmt_count(req.pop("records", None)),
             "other": "" if not req else fmt_value(req),
         })
     tables = []
     for name, tab in sorted((ipe.pop("tables", None) or {}).items()):
         records = tab.get("records") if isinstance(tab, dict) else tab
-        tables.append({"name": name, "records": fmt_value(records)})
+        tables.append({"name": name, "records": fmt_count(records)})
     facts = []
     for key in [k for k in IPE_LABELS if k in ipe] + sorted(k for k in ipe if k not in IPE_LABELS):
         value = ipe[key]
@@ -152,14 +157,12 @@ def _ipe(source: SourceReport) -> dict[str, Any]:
 
 
 def population_files(evidence: Evidence) -> dict[str, list[str]]:
-    """Annex CSV files by control id (and by extra population name)."""
+    """The annex CSV files of each control, by control id."""
     out = {}
     for c in evidence.controls:
         out[c.id] = [f"populations/{c.id}.csv"]
         if c.excluded is not None and len(c.excluded):
             out[c.id].append(f"populations/{c.id}-excluded.csv")
-    for name in evidence.extra_populations:
-        out[name] = [f"populations/{name}.csv"]
     return out
 
 

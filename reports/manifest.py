@@ -34,11 +34,11 @@ def verify_ok(checks: list[Check]) -> bool:
     return bool(checks) and all(c.ok for c in checks)
 
 
-def _pack_order(manifest: Path) -> tuple[str, int, str]:
-    """Sort key of a published pack: its UTC stamp, then its same-second suffix."""
+def _pack_order(manifest: Path) -> tuple[str, int, int]:
+    """Sort key of a published pack: its UTC stamp, its same-second suffix, then (for packs of
+    different periods in the same second) the time its manifest was written."""
     m = _STAMP.match(manifest.parent.name)
-    stamp, suffix = (m[1], int(m[2] or 0)) if m else ("", 0)
-    return stamp, suffix, manifest.parent.parent.name
+    return m[1], int(m[2] or 0), manifest.stat().st_mtime_ns
 
 
 def previous_pack(store_root: Path) -> dict[str, str] | None:

@@ -16,7 +16,8 @@ from pypdf.generic import IndirectObject, StreamObject
 from weasyprint import HTML
 from weasyprint.urls import URLFetcher
 
-from evidence_factory import ATTACHMENT_NAME, FORMULA_NAME, FORMULA_PERSON, SCRIPT_NAME, make_evidence
+from evidence_factory import (ATTACHMENT_NAME, FORMULA_NAME, FORMULA_PERSON, SCRIPT_NAME,
+                              make_evidence)
 from reports.html import environment, render_report
 from reports.pdf import PackageOnlyFetcher, render_pdf
 from reports.tables import neutralise, write_exceptions, write_frame

@@ -1,4 +1,4 @@
-"""The evidence pack: layout, manifest, results.json, annex CSVs and report content (DESIGN §5, §9)."""
+"""The evidence pack: layout, manifest, results.json, CSV annex, report content (DESIGN §5, §9)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def read_csv(path):
         return list(csv.reader(fh))
 
 
-# --- layout and manifest --------------------------------------------------------------------------
+# --- layout and manifest ---
 
 def test_pack_is_written_under_period_and_timestamp(pack, store):
     assert pack == store / "packs" / "2026-Q1" / "20260402T060000Z"
@@ -144,7 +144,7 @@ def test_unsafe_population_name_is_refused(tmp_path, fast_pdf):
     assert not list(tmp_path.glob("packs/*/*"))
 
 
-# --- results.json -----------------------------------------------------------------------------------
+# --- results.json ---
 
 def test_results_json_follows_the_contract(pack, evidence):
     data = json.loads((pack / "results.json").read_text())
@@ -187,7 +187,7 @@ def test_results_json_in_progress(tmp_path, fast_pdf):
     assert data["period"]["label"] == "2026-Q2"
 
 
-# --- annex CSVs -------------------------------------------------------------------------------------
+# --- annex CSVs ---
 
 def test_exceptions_csv_has_one_row_per_finding(pack, evidence):
     rows = read_csv(pack / "exceptions.csv")
@@ -218,7 +218,7 @@ def test_population_csvs_hold_full_populations(pack, evidence):
     assert terminations[1][header.index("termination_effective")] == "2026-01-11T05:00:00Z"
 
 
-# --- report content ---------------------------------------------------------------------------------
+# --- report content ---
 
 def test_report_html_content(pack, evidence):
     html = (pack / "report.html").read_text().replace("<wbr>", "")
@@ -282,3 +282,26 @@ def test_report_pdf_repeats_table_headers():
     reader = PdfReader(io.BytesIO(render_pdf(render_report(many))))
     with_header = [p for p in reader.pages if "Person / email" in p.extract_text()]
     assert len(with_header) >= 3
+
+
+def test_failed_source_is_stated_on_the_cover():
+    ev = make_evidence()
+    entra = ev.sources[1]
+    entra.status, entra.error = "failed", "HTTP 403 from Graph: Authorization_RequestDenied"
+    entra.ipe, entra.snapshots, entra.gaps, entra.records = {}, [], [], {}
+    entra.coverage_start = entra.coverage_end = None
+    html = render_report(ev).replace("<wbr>", "")
+    cover = html[:html.index('id="summary"')]
+    assert "<strong>entra</strong>" in cover and "failed or is missing" in cover
+    assert "Authorization_RequestDenied" in html
+    assert "No good collection of this source" in html
+
+
+def test_complete_evidence_says_complete():
+    ev = make_evidence()
+    for control in ev.controls:
+        control.complete, control.limitations = True, []
+    html = render_report(ev)
+    assert ev.status == "complete"
+    assert "Every control was evaluated on complete evidence" in html
+    assert 'class="overall overall-complete"' in html

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from ..identity import AMBIGUOUS, LINKED, UNLINKED
 from ..results import ControlResult, Finding
-from ..schema import normalize_email
+from ..schema import normalize_email, normalize_emails
 from ..timeline import ENABLED
 from .base import source_limitations
 from .inputs import ControlInputs
@@ -41,20 +42,30 @@ def _snapshot_for_period_end(inputs: ControlInputs, tl) -> tuple[int | None, str
 def _person_standing(inputs: ControlInputs) -> pd.Series:
     """Per person: 'current' if an employment overlaps the period, else 'left_before'."""
     people = inputs.people
-    person = people["email"].map(normalize_email)
+    person = normalize_emails(people["email"])
     eff = people["termination_effective"]
     current = eff.isna() | (eff >= inputs.period.start)
     standing = pd.Series(current.to_numpy(), index=person).groupby(level=0).any()
     return standing.map({True: "current", False: "left_before"})
 
 
+def _allowlist_matches(inputs: ControlInputs, src, logins: pd.Series) -> list:
+    """The allowlist entry for each login, or None (the list is short; the logins are not)."""
+    by_login: dict[str, list] = {}
+    for entry in inputs.allowlist:
+        by_login.setdefault(entry.account.strip().lower(), []).append(entry)
+    keys = logins.astype("string").str.strip().str.lower()
+    out = [None] * len(keys)
+    for i in np.flatnonzero(keys.isin(list(by_login)).fillna(False).to_numpy()):
+        out[i] = next((e for e in by_login[keys.iloc[i]]
+                       if e.matches(src.name, src.type, logins.iloc[i])), None)
+    return out
+
+
 def evaluate(inputs: ControlInputs) -> ControlResult:
     standing = _person_standing(inputs)
     limitations = source_limitations(inputs)
-    rows, excluded, findings = [], [], []
-    allow_by_login: dict[str, list] = {}
-    for entry in inputs.allowlist:
-        allow_by_login.setdefault(entry.account.strip().lower(), []).append(entry)
+    populations, excluded, findings = [], [], []
     for src in inputs.account_sources:
         tl = inputs.timelines.get(src.name)
         if tl is None:
@@ -65,41 +76,49 @@ def evaluate(inputs: ControlInputs) -> ControlResult:
         if idx is None:
             continue
         as_of = tl.snap_start[idx]
-        enabled = (tl.state[:, idx] == ENABLED).nonzero()[0]
-        links = inputs.links[src.name].iloc[enabled]
-        accounts = tl.accounts.iloc[enabled]
-        for row, acc, link in zip(enabled, accounts.itertuples(), links.itertuples()):
-            entry = next((e for e in allow_by_login.get(str(acc.login).strip().lower(), ())
-                          if e.matches(src.name, src.type, acc.login)), None)
-            base = {"source": src.name, "instance": acc.instance, "account": acc.login,
-                    "display_name": acc.display_name, "email": acc.email, "kind": acc.kind,
-                    "privileged": acc.privileged, "as_of": as_of, "linked_person": link.person}
-            if entry is not None and entry.active_on(as_of.date()):
-                excluded.append({**base, "owner": entry.owner, "reason": entry.reason,
-                                 "expires": entry.expires})
-                continue
-            reason, detail = None, ""
-            if link.link == UNLINKED:
-                reason, detail = "no_hr_record", "no HR record matches the account's email"
-                if entry is not None:
-                    detail += f"; allowlist entry expired on {entry.expires}"
-            elif link.link == AMBIGUOUS:
-                candidates = inputs.identity.ambiguous.get(normalize_email(acc.email), [])
-                reason = "ambiguous_hr_record"
+        enabled = np.flatnonzero(tl.state[:, idx] == ENABLED)
+        acc = tl.accounts.iloc[enabled].reset_index(drop=True)
+        links = inputs.links[src.name].iloc[enabled].reset_index(drop=True)
+        frame = pd.DataFrame({
+            "source": src.name, "instance": acc["instance"], "account": acc["login"],
+            "display_name": acc["display_name"], "email": acc["email"], "kind": acc["kind"],
+            "privileged": acc["privileged"], "as_of": as_of, "linked_person": links["person"]})
+        entries = _allowlist_matches(inputs, src, acc["login"])
+        active = np.array([e is not None and e.active_on(as_of.date()) for e in entries],
+                          dtype=bool)
+        for i in np.flatnonzero(active):
+            e = entries[i]
+            excluded.append({**frame.iloc[i].to_dict(), "owner": e.owner, "reason": e.reason,
+                             "expires": e.expires})
+        left = links["person"].map(standing).eq("left_before").to_numpy()
+        link = links["link"].to_numpy()
+        reason = np.select([link == UNLINKED, link == AMBIGUOUS, (link == LINKED) & left],
+                           ["no_hr_record", "ambiguous_hr_record", "terminated_before_period"],
+                           default="ok")
+        frame["result"] = reason
+        frame = frame[~active]
+        populations.append(frame)
+        for i in np.flatnonzero((reason != "ok") & ~active):
+            row = frame.loc[i]
+            person = row["linked_person"]
+            if reason[i] == "no_hr_record":
+                detail = "no HR record matches the account's email"
+                if entries[i] is not None:
+                    detail += f"; allowlist entry expired on {entries[i].expires}"
+            elif reason[i] == "ambiguous_hr_record":
+                candidates = inputs.identity.ambiguous.get(normalize_email(row["email"]), [])
                 detail = f"the account's email matches several people: {', '.join(candidates)}"
-            elif link.link == LINKED and standing.get(link.person) == "left_before":
-                reason = "terminated_before_period"
+            else:
                 detail = "the person left before the period and the account is still enabled"
-            rows.append({**base, "result": reason or "ok"})
-            if reason:
-                person_id = inputs.identity.person_ids.get(link.person) if link.person else None
-                findings.append(Finding(
-                    control=ID, reason=reason, source=src.name, account=acc.login,
-                    email=link.person or acc.email, person_id=person_id, detail=detail,
-                    display_name=acc.display_name, evidence=f"snapshot {as_of:%Y-%m-%d %H:%M} UTC"))
-    population = pd.DataFrame(rows, columns=[
-        "source", "instance", "account", "display_name", "email", "kind", "privileged", "as_of",
-        "linked_person", "result"])
+            findings.append(Finding(
+                control=ID, reason=str(reason[i]), source=src.name, account=row["account"],
+                email=person or row["email"],
+                person_id=inputs.identity.person_ids.get(person) if person else None,
+                detail=detail, display_name=row["display_name"],
+                evidence=f"snapshot {as_of:%Y-%m-%d %H:%M} UTC"))
+    population = pd.concat(populations, ignore_index=True) if populations else pd.DataFrame(
+        columns=["source", "instance", "account", "display_name", "email", "kind", "privileged",
+                 "as_of", "linked_person", "result"])
     return ControlResult(id=ID, title=TITLE, description=DESCRIPTION, complete=not limitations,
                          limitations=limitations, population=population, exceptions=findings,
                          excluded=pd.DataFrame(excluded) if excluded else None)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pandas as pd
 
 from ..identity import LINKED
-from ..schema import normalize_email
+from ..schema import normalize_email, normalize_emails
 
 
 def terminations_in_period(inputs) -> pd.DataFrame:
     """Employments whose termination takes effect in the period (up to now when in progress),
     with ``rehired_at``: the person's next hire, from which their accounts are legitimately used."""
-    people = inputs.people.assign(person=inputs.people["email"].map(normalize_email))
+    people = inputs.people.assign(person=normalize_emails(inputs.people["email"]))
     eff = people["termination_effective"]
     leavers = people[eff.notna() & (eff >= inputs.period.start)
                      & (eff < inputs.judged_until)].copy()
