@@ -270,8 +270,7 @@ def load_config(path: str | os.PathLike) -> Config:
         raise ConfigError(f"not valid TOML: {exc}", file=file) from None
     base_dir = file_path.parent
 
-    known_sections = {"store", "policy", "hr", "service_accounts", "sources", "schedule",
-                      "notifications", "pack"}
+    known_sections = {"store", "policy", "hr", "service_accounts", "sources", "schedule"}
     for key in data:
         if key not in known_sections:
             raise ConfigError(f"unknown section (known: {', '.join(sorted(known_sections))})",

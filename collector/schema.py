@@ -132,7 +132,7 @@ def conform(df: pd.DataFrame, table: str, *, source: str) -> pd.DataFrame:
     if missing:
         raise SourceError(source, f"table '{table}' lacks required column(s) "
                                   f"{', '.join(missing)}")
-    out = pd.DataFrame(index=pd.RangeIndex(len(df)))
+    out: dict[str, pd.Series] = {}
     for column, kind in schema.items():
         series = df[column].reset_index(drop=True) if column in df.columns else \
             pd.Series([None] * len(df), dtype=object)
@@ -146,7 +146,8 @@ def conform(df: pd.DataFrame, table: str, *, source: str) -> pd.DataFrame:
             out[column] = _to_date(series)
         elif kind == "list":
             out[column] = _to_list(series)
-    return out
+    # one frame from finished columns: inserting column by column copies the frame each time
+    return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
 
 
 def require_columns(df: pd.DataFrame, columns, *, file: str) -> None:
