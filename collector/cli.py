@@ -29,6 +29,9 @@ def _setup_logging(verbose: int) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in _QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    # WeasyPrint's font warnings say nothing about the evidence; show them only when debugging.
+    for name in ("weasyprint", "fontTools"):
+        logging.getLogger(name).setLevel(logging.WARNING if verbose > 1 else logging.ERROR)
 
 
 def _fail(exc: AccessproofError) -> None:

@@ -82,6 +82,7 @@ class HRConfig:
     columns: dict[str, str]
     options: dict[str, Any] = field(default_factory=dict)
     name: str = "hr"
+    file: str | None = None           # the configuration file, for error messages
 
     @property
     def tz(self) -> ZoneInfo:
@@ -151,6 +152,13 @@ def _table(data: dict, key: str, file: str, section: str | None = None) -> dict:
     return value
 
 
+def _only(section: dict, known: tuple[str, ...], file: str, name: str) -> None:
+    for key in section:
+        if key not in known:
+            raise ConfigError(f"unknown key (known: {', '.join(known)})", file=file, section=name,
+                              key=key)
+
+
 def _number(section: dict, key: str, default: float, file: str, name: str, *, minimum=0) -> float:
     value = section.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
@@ -184,7 +192,7 @@ def _check_secrets(values: dict, file: str, section: str, base_dir: Path,
 def _check_timezone(name: Any, file: str, section: str, key: str) -> str:
     try:
         ZoneInfo(str(name))
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory
         raise ConfigError(f"unknown time zone {name!r} (use an IANA name such as "
                           "'America/New_York' or 'UTC')", file=file, section=section,
                           key=key) from None
@@ -228,7 +236,7 @@ def _load_hr(data: dict, file: str, base_dir: Path) -> HRConfig:
         date_format=str(hr["date_format"]),
         timezone=_check_timezone(hr["timezone"], file, "hr", "timezone"),
         termination_effective=effective, columns=dict(columns),
-        options=_check_secrets(options, file, "hr", base_dir))
+        options=_check_secrets(options, file, "hr", base_dir), file=file)
 
 
 def _load_sources(data: dict, file: str, base_dir: Path) -> tuple[SourceConfig, ...]:
@@ -276,7 +284,8 @@ def load_config(path: str | os.PathLike) -> Config:
             raise ConfigError(f"unknown section (known: {', '.join(sorted(known_sections))})",
                               file=file, section=key)
 
-    store = _table(data, "store", file)
+    store = _check_secrets(_table(data, "store", file), file, "store", base_dir)
+    _only(store, ("path",), file, "store")
     store_path = Path(os.path.expanduser(str(store.get("path", "./evidence"))))
     if not store_path.is_absolute():
         store_path = base_dir / store_path
@@ -299,7 +308,8 @@ def load_config(path: str | os.PathLike) -> Config:
         if not allow_path.is_absolute():
             allow_path = base_dir / allow_path
 
-    raw_schedule = _table(data, "schedule", file)
+    raw_schedule = _check_secrets(_table(data, "schedule", file), file, "schedule", base_dir)
+    _only(raw_schedule, ("timezone", "collect", "pack"), file, "schedule")
     schedule = ScheduleConfig(
         timezone=_check_timezone(raw_schedule.get("timezone", "UTC"), file, "schedule",
                                  "timezone"),
@@ -317,7 +327,11 @@ def validate_sources(config: Config) -> None:
     """Check every source's type against the registry and its own option schema."""
     from .registry import get_integration
 
-    get_integration(config.hr.type, file=str(config.file), section="hr").validate(config.hr)
+    hr = get_integration(config.hr.type, file=str(config.file), section="hr")
+    if "people" not in hr.tables:
+        raise ConfigError(f"integration '{config.hr.type}' does not provide HR records (the "
+                          "people table)", file=str(config.file), section="hr", key="type")
+    hr.validate(config.hr)
     for source in config.sources:
         integration = get_integration(source.type, file=source.file, section=source.section)
         integration.validate(source)

@@ -37,7 +37,13 @@ def _midnight(day: dt.date) -> pd.Timestamp:
 
 
 def parse_period(label: str) -> Period:
-    label = label.strip()
+    try:
+        return _parse(label.strip())
+    except (ValueError, OverflowError) as exc:   # year 0 or beyond 9999
+        raise ConfigError(f"period '{label}': {exc}") from None
+
+
+def _parse(label: str) -> Period:
     if m := _QUARTER.match(label):
         year, quarter = int(m[1]), int(m[2])
         start = dt.date(year, 3 * quarter - 2, 1)

@@ -18,7 +18,7 @@ from . import __version__
 from .allowlist import load_allowlist
 from .config import Config, SourceConfig, validate_sources
 from .controls import ControlInputs, SourceState, evaluate_all
-from .errors import AccessproofError, ConfigError, InputError, SourceError
+from .errors import AccessproofError, ConfigError
 from .integration import CollectContext
 from .periods import Period
 from .registry import get_integration
@@ -107,13 +107,12 @@ def collect_source(store: SnapshotStore, name: str, type_name: str, source_confi
                                  window=window, limitations=result.limitations,
                                  extra={"parameters": _public_options(source_config),
                                         "details": result.extra})
-    except (InputError, ConfigError):
-        writer.abandon()  # bad input is the operator's to fix: exit 3, nothing stored
-        raise
     except AccessproofError as exc:
+        # Recorded as a failed collection (raw pages kept as evidence of what went wrong), so a
+        # pack knows; the other sources are still collected. Bad input exits 3, the rest 2.
         snapshot = writer.fail(str(exc), finished_at=finished())
         log.error("%s", exc)
-        return CollectOutcome(name, type_name, "failed", str(exc), {}, snapshot, 2)
+        return CollectOutcome(name, type_name, "failed", str(exc), {}, snapshot, exc.exit_code)
     except BaseException as exc:
         if not isinstance(exc, Exception):   # interrupted: leave nothing half-written
             writer.abandon()

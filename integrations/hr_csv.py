@@ -107,42 +107,24 @@ class CsvHR(Integration):
 
     @classmethod
     def resolve_options(cls, config: HRConfig) -> dict[str, str]:
-        """The effective options (defaults filled in), checked; raises ``ConfigError``."""
+        """This integration's own options, defaults filled in, checked (the rest of [hr] is
+        checked by the configuration loader); raises ``ConfigError``."""
+        def error(key, message):
+            return ConfigError(message, file=config.file, section="hr", key=key)
+
         for key in config.options:
             if key not in cls.options:
-                raise ConfigError(f"unknown option for type '{cls.type}' (known: "
-                                  f"{', '.join(sorted(cls.options))})", section="hr", key=key)
+                raise error(key, f"unknown option for type '{cls.type}' (known: "
+                                 f"{', '.join(sorted(cls.options))})")
         opts = {**DEFAULT_OPTIONS, **config.options}
         if not isinstance(opts["delimiter"], str) or len(opts["delimiter"]) != 1:
-            raise ConfigError(f"must be a single character, got {opts['delimiter']!r}",
-                              section="hr", key="delimiter")
+            raise error("delimiter", f"must be a single character, got {opts['delimiter']!r}")
         try:
             codecs.lookup(str(opts["encoding"]))
         except LookupError:
-            raise ConfigError(f"unknown encoding {opts['encoding']!r}", section="hr",
-                              key="encoding") from None
+            raise error("encoding", f"unknown encoding {opts['encoding']!r}") from None
         if not isinstance(opts["aliases_separator"], str) or not opts["aliases_separator"]:
-            raise ConfigError("must be a non-empty string", section="hr", key="aliases_separator")
-        if not config.date_format:
-            raise ConfigError("is required (HR dates are never guessed)", section="hr",
-                              key="date_format")
-        if config.termination_effective not in TERMINATION_MODES:
-            raise ConfigError(f"must be 'end_of_day' or 'start_of_day', got "
-                              f"{config.termination_effective!r}", section="hr",
-                              key="termination_effective")
-        try:
-            ZoneInfo(config.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(f"unknown time zone {config.timezone!r}", section="hr",
-                              key="timezone") from None
-        known = set(HR_REQUIRED_COLUMNS) | set(HR_OPTIONAL_COLUMNS)
-        for field_name, column in config.columns.items():
-            if field_name not in known:
-                raise ConfigError(f"unknown HR field (known: {', '.join(sorted(known))})",
-                                  section="hr.columns", key=field_name)
-            if not isinstance(column, str) or not column.strip():
-                raise ConfigError("must name a column of the export", section="hr.columns",
-                                  key=field_name)
+            raise error("aliases_separator", "must be a non-empty string")
         return {k: str(v) for k, v in opts.items()}
 
     # -- collection ----------------------------------------------------------------------------

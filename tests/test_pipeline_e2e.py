@@ -128,11 +128,20 @@ def test_failed_source_makes_the_pack_incomplete_with_exit_2(org):
         assert control["status"] != "pass"
 
 
-def test_bad_hr_input_exits_3_and_stores_nothing(org):
-    config, _, _, _ = org
+def test_bad_hr_input_exits_3_records_the_failure_and_still_collects_the_rest(org):
+    config, quarter, _, _ = org
     hr = config.parent / "hr.csv"
     hr.write_text("id,mail,start,end\n1,a@corp.example,01/02/2024,\n")
-    result = run("collect", "--config", config, "--source", "hr")
+    result = run("collect", "--config", config)
     assert result.exit_code == 3
     assert "hr.csv" in result.output and "line 2" in result.output
-    assert not (config.parent / "store" / "snapshots" / "hr").exists()
+    store = config.parent / "store" / "snapshots"
+    [hr_run] = list((store / "hr").iterdir())
+    manifest = json.loads((hr_run / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "date_format" in manifest["error"]
+    assert not (hr_run / "tables").exists()
+    assert len(list((store / "aws-prod").iterdir())) == 1      # AWS evidence still collected
+    packed = run("pack", "--config", config, "--period", quarter)
+    assert packed.exit_code == 2
+    assert json.loads((Path(packed.output.strip().splitlines()[-1]) / "results.json")
+                      .read_text())["status"] == "incomplete"
