@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import InputError, SourceError
 
@@ -60,6 +62,17 @@ def normalize_email(value) -> str | None:
         return None
     text = "".join(str(value).split()).lower()
     return text or None
+
+
+_TZ_SUFFIX = r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def normalize_emails(series: pd.Series) -> pd.Series:
+    """``normalize_email`` for a whole column (vectorised in Arrow); empty values become None."""
+    arr = pa.Array.from_pandas(series.astype("string"))
+    out = pc.utf8_lower(pc.replace_substring_regex(arr, r"\s+", ""))
+    out = pc.if_else(pc.equal(out, ""), pa.scalar(None, out.type), out)
+    return pd.Series(out.to_numpy(zero_copy_only=False), index=series.index, dtype=object)
 
 
 _TZ_SUFFIX = r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"

@@ -70,10 +70,29 @@ def write_rows(path: Path, columns: Sequence[str], rows: Iterable[Sequence[Any]]
             writer.writerow([cell(v) for v in row])
 
 
+def _text_column(series: pd.Series) -> pd.Series:
+    """A column as CSV text, vectorised by kind; the same cells ``cell`` would write."""
+    if isinstance(series.dtype, pd.DatetimeTZDtype):
+        text = series.dt.tz_convert("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ") \
+            .str.replace(".000000Z", "Z", regex=False)
+        return text.fillna("").astype(object)
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return series.map({True: "true", False: "false"}).fillna("").astype(object)
+    if pd.api.types.is_numeric_dtype(series.dtype):
+        return series            # the CSV writer prints numbers; NaN becomes empty
+    if isinstance(series.dtype, pd.StringDtype):
+        text = series.fillna("")
+        risky = text.str.startswith(FORMULA_PREFIXES)
+        return text.where(~risky, "'" + text).astype(object)
+    return series.map(cell).astype(object)
+
+
 def write_frame(path: Path, df: pd.DataFrame) -> None:
     """A full population, one row per item, columns as the control produced them."""
-    columns = [str(c) for c in df.columns]
-    write_rows(path, columns, df.itertuples(index=False, name=None))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = pd.DataFrame({str(c): _text_column(df[c]) for c in df.columns}, index=df.index)
+    text.columns = [cell(str(c)) for c in df.columns]
+    text.to_csv(path, index=False, lineterminator="\r\n", encoding="utf-8")
 
 
 def write_exceptions(path: Path, findings: Iterable[Finding]) -> None:
