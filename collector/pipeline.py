@@ -270,9 +270,11 @@ def build_evidence(config: Config, period: Period, *, now: dt.datetime | None = 
     leavers = people[people["termination_effective"].notna()
                      & (people["termination_effective"] >= period.start)
                      & (people["termination_effective"] < until)]
+    populations = {"hr-new-hires": hires, "hr-terminations": leavers}
+    for name, timeline in timelines.items():
+        populations[f"{name}-account-changes"] = timeline.changes(period.start, until)
     return Evidence(
         period=period, generated_at=now.to_pydatetime(), judged_until=until,
         tool_version=__version__, sources=reports, controls=controls,
         policy=config.policy.__dict__, config_digest=config.digest(),
-        hr_timezone=config.hr.timezone,
-        extra_populations={"hr-new-hires": hires, "hr-terminations": leavers})
+        hr_timezone=config.hr.timezone, extra_populations=populations)

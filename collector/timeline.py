@@ -235,6 +235,46 @@ class SourceTimeline:
                 for t in self._event_times(row, ("login",), after, None)]
 
 
+    def changes(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        """Every creation, disable and deletion that happened (or may have happened) in
+        [start, end): one row per change, exact from an audit event or bounded by the two
+        snapshots around it, with the basis stated."""
+        kinds = {"created": (("created",), lambda a, b: (a == ABSENT) & (b != ABSENT)),
+                 "disabled": (("disabled", "deleted"), lambda a, b: (a == ENABLED) & (b != ENABLED)),
+                 "deleted": (("deleted",), lambda a, b: (a != ABSENT) & (b == ABSENT))}
+        rows = []
+        for j in range(1, len(self.snapshots)):
+            lower, upper = self.snap_start[j - 1], self.snap_finish[j]
+            if upper < start or lower >= end:
+                continue
+            before, after = self.state[:, j - 1], self.state[:, j]
+            for kind, (actions, test) in kinds.items():
+                for row in np.flatnonzero(test(before, after)):
+                    exact = self._last_event(int(row), actions, lower, upper)
+                    rows.append((int(row), kind, exact or lower, exact or upper,
+                                 EVENT if exact is not None else SNAPSHOTS))
+        # accounts that no snapshot saw (created and deleted between collections, or before
+        # the first one) are known from their events alone
+        only_events = set(np.flatnonzero(self.accounts["from_events_only"].to_numpy()).tolist())
+        for row in only_events:
+            for kind, (actions, _) in kinds.items():
+                for t in self._event_times(row, actions[:1], start - pd.Timedelta(microseconds=1),
+                                           end - pd.Timedelta(microseconds=1)):
+                    at = pd.Timestamp(int(t), unit="us", tz="UTC")
+                    rows.append((row, kind, at, at, EVENT))
+        frame = pd.DataFrame(rows, columns=["row", "change", "lower", "upper", "basis"])
+        frame = frame[(frame["upper"] >= start) & (frame["lower"] < end)]
+        acc = self.accounts.iloc[frame["row"].to_numpy()]
+        out = pd.DataFrame({
+            "source": self.source, "instance": acc["instance"].to_numpy(),
+            "account_id": acc["account_id"].to_numpy(), "account": acc["login"].to_numpy(),
+            "email": acc["email"].to_numpy(), "display_name": acc["display_name"].to_numpy(),
+            "change": frame["change"].to_numpy(), "at_or_after": frame["lower"].to_numpy(),
+            "at_or_before": frame["upper"].to_numpy(), "basis": frame["basis"].to_numpy()})
+        return out.sort_values(["at_or_before", "account", "change"], kind="stable") \
+            .reset_index(drop=True)
+
+
 def _us(ts) -> int:
     return pd.Timestamp(ts).value // 1000   # .value is always nanoseconds
 

@@ -101,6 +101,8 @@ def test_collect_pack_verify(org):
     for key in ("generated_at", "tool_version", "period", "status", "sources", "controls"):
         assert key in results
 
+    changes = (pack / "populations" / "aws-prod-account-changes.csv").read_text()
+    assert changes.splitlines()[0].startswith("source,instance,account_id,account")
     verified = run("verify", pack)
     assert verified.exit_code == 0 and "verified" in verified.output
     (pack / "results.json").write_text((pack / "results.json").read_text().replace("1", "2", 1))
@@ -145,3 +147,12 @@ def test_bad_hr_input_exits_3_records_the_failure_and_still_collects_the_rest(or
     assert packed.exit_code == 2
     assert json.loads((Path(packed.output.strip().splitlines()[-1]) / "results.json")
                       .read_text())["status"] == "incomplete"
+
+
+def test_run_collects_then_packs_the_current_quarter(org):
+    config, quarter, _, _ = org
+    result = run("run", "--config", config)
+    assert result.exit_code == 1            # bob's and the stranger's exceptions
+    pack = Path(result.output.strip().splitlines()[-1])
+    assert pack.parent.name == quarter and (pack / "report.pdf").stat().st_size > 10_000
+    assert len(list((config.parent / "store" / "snapshots" / "aws-prod").iterdir())) == 1

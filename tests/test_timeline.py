@@ -83,3 +83,27 @@ def test_state_matrix_tracks_accounts_across_snapshots(sb):
     assert states == {"e@corp.com": [2, 0], "f@corp.com": [2, 1], "g@corp.com": [0, 2]}
     assert tl.accounts.loc[row(tl, "g@corp.com"), "last_login_at"] == ts("2026-01-01T20:00Z")
     assert pd.isna(tl.accounts.loc[row(tl, "e@corp.com"), "last_login_at"])
+
+
+def test_changes_in_a_period_state_their_basis(sb):
+    sb.accounts("2026-01-01T02:00Z", [account("old@corp.com")])
+    sb.accounts("2026-01-02T02:00Z", [account("old@corp.com", enabled=False),
+                                      account("new@corp.com")],
+                events=[event("created", "2026-01-01T09:00Z", "new@corp.com")])
+    sb.accounts("2026-01-03T02:00Z", [account("new@corp.com")], events=[
+        event("created", "2026-01-02T05:00Z", "blink@corp.com"),
+        event("deleted", "2026-01-02T06:00Z", "blink@corp.com")])
+    tl = sb.timeline()
+    got = {(r.account, r.change): (r.basis, r.at_or_after, r.at_or_before)
+           for r in tl.changes(ts("2026-01-01T00:00Z"), ts("2026-02-01T00:00Z")).itertuples()}
+    assert got[("new@corp.com", "created")] == ("audit event", ts("2026-01-01T09:00Z"),
+                                                ts("2026-01-01T09:00Z"))
+    assert got[("old@corp.com", "disabled")] == ("snapshot bound", ts("2026-01-01T02:00Z"),
+                                                 ts("2026-01-02T02:05Z"))
+    assert got[("old@corp.com", "deleted")][0] == "snapshot bound"
+    # created and deleted between two collections: known from its events alone
+    assert got[("blink@corp.com", "created")][0] == "audit event"
+    assert got[("blink@corp.com", "deleted")][0] == "audit event"
+    assert ("new@corp.com", "disabled") not in got
+    # a period after all of it sees nothing
+    assert tl.changes(ts("2026-03-01T00:00Z"), ts("2026-04-01T00:00Z")).empty
