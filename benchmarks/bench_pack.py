@@ -114,8 +114,9 @@ def build_store(root: Path, people: int, days: int, seed: int = 7) -> dict:
             at.tz_convert(None), "us"))
         frame.loc[disabled, "enabled"] = False
         since = at - pd.Timedelta(days=90 if day == 0 else 1, hours=1)
-        ev_idx = np.flatnonzero(~np.isnat(disable_at) & (disable_at > np.datetime64(
-            since.tz_convert(None), "us")) & (disable_at <= np.datetime64(at.tz_convert(None), "us")))
+        lo = np.datetime64(since.tz_convert(None), "us")
+        hi = np.datetime64(at.tz_convert(None), "us")
+        ev_idx = np.flatnonzero(~np.isnat(disable_at) & (disable_at > lo) & (disable_at <= hi))
         # most disables come with their CloudTrail event; a few are only bounded by snapshots
         ev_idx = ev_idx[ev_idx % 7 != 0]
         events = pd.DataFrame({

@@ -158,9 +158,9 @@ class Organisation:
         self._leave(next(pick), self._day(20), after_hours=6, kind="delete")
 
         # planted exceptions, one of every kind
-        self._leave(next(pick), self._day(30))                                # still_enabled
-        self._leave(next(pick), self._day(35), after_hours=75)                # disabled_late (event)
-        self._leave(next(pick), self._day(50), after_hours=100, events=False)  # late, bounded
+        self._leave(next(pick), self._day(30))                          # still_enabled
+        self._leave(next(pick), self._day(35), after_hours=75)          # disabled_late, event
+        self._leave(next(pick), self._day(50), after_hours=100, events=False)  # late, bounds
         unknown = next(pick)              # disabled without an event, bounds straddle the SLA
         self._leave(unknown, self._day(56), after_hours=23.5, events=False)
         snoop = next(pick)                                      # signs in after leaving
@@ -234,7 +234,8 @@ class Organisation:
             "# Service accounts that belong to no person: owner, reason and expiry make each\n"
             "# exclusion reviewable. From its expiry day on an entry no longer excludes.\n\n"
             '[[accounts]]\nsource = "aws-prod"\naccount = "ci-deployer"\n'
-            'owner = "platform@corp.example"\nreason = "CI/CD deployments"\nexpires = 2030-12-31\n\n'
+            'owner = "platform@corp.example"\nreason = "CI/CD deployments"\n'
+            'expires = 2030-12-31\n\n'
             '[[accounts]]\nsource = "aws_iam"\naccount = "backup-agent"\n'
             f'owner = "it-ops@corp.example"\nreason = "nightly backups"\nexpires = {expired}\n')
 

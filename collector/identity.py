@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .schema import normalize_email, normalize_emails
+from .schema import normalize_emails
 
 LINKED, UNLINKED, AMBIGUOUS = "linked", "none", "ambiguous"
 

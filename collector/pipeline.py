@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import __version__
 from .allowlist import load_allowlist
-from .config import Config, SourceConfig, validate_sources
+from .config import Config, validate_sources
 from .controls import ControlInputs, SourceState, evaluate_all
 from .errors import AccessproofError, ConfigError
 from .integration import CollectContext
@@ -24,7 +24,7 @@ from .periods import Period
 from .registry import get_integration
 from .results import Evidence, SnapshotRef, SourceReport
 from .schema import empty, normalize_emails
-from .store import Snapshot, SnapshotStore, iso, utc_now
+from .store import Snapshot, SnapshotStore, utc_now
 from .timeline import SourceTimeline, build_timeline
 
 log = logging.getLogger("accessproof")

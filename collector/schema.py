@@ -64,9 +64,6 @@ def normalize_email(value) -> str | None:
     return text or None
 
 
-_TZ_SUFFIX = r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
-
-
 def normalize_emails(series: pd.Series) -> pd.Series:
     """``normalize_email`` for a whole column (vectorised in Arrow); empty values become None."""
     arr = pa.Array.from_pandas(series.astype("string"))
@@ -76,12 +73,6 @@ def normalize_emails(series: pd.Series) -> pd.Series:
 
 
 _TZ_SUFFIX = r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
-
-
-def normalize_emails(series: pd.Series) -> pd.Series:
-    """``normalize_email`` for a whole column, vectorised; empty values become None."""
-    out = series.astype("string").str.replace(r"\s+", "", regex=True).str.lower()
-    return out.where(out.notna() & (out != ""), None).astype(object)
 
 
 def _to_utc(series: pd.Series, column: str, source: str) -> pd.Series:

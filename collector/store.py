@@ -108,7 +108,7 @@ def publish(work_dir: Path, final_dir: Path) -> Path:
 
 
 class RawRecorder:
-    """Keeps every raw API page of one collection run as gzipped JSON lines, one file per request."""
+    """Keeps every raw API page of a collection run as gzipped JSON lines, a file per request."""
 
     def __init__(self, raw_dir: Path):
         self.raw_dir = raw_dir

@@ -240,7 +240,8 @@ class SourceTimeline:
         [start, end): one row per change, exact from an audit event or bounded by the two
         snapshots around it, with the basis stated."""
         kinds = {"created": (("created",), lambda a, b: (a == ABSENT) & (b != ABSENT)),
-                 "disabled": (("disabled", "deleted"), lambda a, b: (a == ENABLED) & (b != ENABLED)),
+                 "disabled": (("disabled", "deleted"),
+                              lambda a, b: (a == ENABLED) & (b != ENABLED)),
                  "deleted": (("deleted",), lambda a, b: (a != ABSENT) & (b == ABSENT))}
         rows = []
         for j in range(1, len(self.snapshots)):

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 

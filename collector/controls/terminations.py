@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..identity import LINKED
-from ..schema import normalize_email, normalize_emails
+from ..schema import normalize_emails
 
 
 def terminations_in_period(inputs) -> pd.DataFrame:
