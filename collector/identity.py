@@ -21,6 +21,7 @@ class IdentityIndex:
     lookup: pd.Series            # normalised email or alias → person's primary email
     ambiguous: dict[str, list[str]]   # key → the primary emails it could mean
     person_ids: pd.Series        # primary email → person_id of the latest employment
+    by_person_id: pd.Series      # person_id → primary email (the last link tried)
 
     @classmethod
     def from_people(cls, people: pd.DataFrame) -> "IdentityIndex":
@@ -38,12 +39,20 @@ class IdentityIndex:
         unique = keys[~keys["key"].isin(ambiguous_keys)].drop_duplicates("key")
         latest = people.assign(_email=primary).sort_values("hired_on", na_position="first")
         person_ids = latest.drop_duplicates("_email", keep="last").set_index("_email")["person_id"]
-        return cls(unique.set_index("key")["person"], ambiguous, person_ids)
+        ids = pd.DataFrame({"id": people["person_id"].astype(object), "person": primary}) \
+            .dropna().drop_duplicates()
+        ids = ids[~ids["id"].duplicated(keep=False)]   # an id on two people links nobody
+        return cls(unique.set_index("key")["person"], ambiguous, person_ids,
+                   ids.set_index("id")["person"])
 
-    def link(self, emails: pd.Series) -> pd.DataFrame:
-        """For each account email: ``person`` (primary email or None) and ``link`` status."""
+    def link(self, emails: pd.Series, employee_ids: pd.Series | None = None) -> pd.DataFrame:
+        """For each account: ``person`` (primary email or None) and ``link`` status, by email
+        or alias, else by an employee id equal to an HR ``person_id``."""
         keys = normalize_emails(emails)
         person = keys.map(self.lookup).astype(object)
+        if employee_ids is not None:
+            by_id = employee_ids.astype(object).map(self.by_person_id)
+            person = person.where(person.notna() | keys.isin(set(self.ambiguous)), by_id)
         status = pd.Series(UNLINKED, index=emails.index, dtype=object)
         status[person.notna()] = LINKED
         status[keys.isin(set(self.ambiguous))] = AMBIGUOUS

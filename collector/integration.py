@@ -47,6 +47,9 @@ class CollectResult:
     instances: list[str] = field(default_factory=list)
     limitations: list[str] = field(default_factory=list)
     degraded: bool = False
+    # False when the source returned no sign-in data at all (e.g. Entra without a P1 licence):
+    # no-access-after-termination is then not complete for this source
+    sign_in_data: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -106,6 +106,7 @@ def collect_source(store: SnapshotStore, name: str, type_name: str, source_confi
                                  principal=result.principal, instances=result.instances,
                                  window=window, limitations=result.limitations,
                                  extra={"parameters": _public_options(source_config),
+                                        "sign_in_data": result.sign_in_data,
                                         "details": result.extra})
     except AccessproofError as exc:
         # Recorded as a failed collection (raw pages kept as evidence of what went wrong), so a
@@ -255,8 +256,10 @@ def build_evidence(config: Config, period: Period, *, now: dt.datetime | None = 
         timeline = build_timeline(src.name, src.type, good) if good else None
         if timeline is not None:
             timelines[src.name] = timeline
-        states.append(SourceState(src.name, src.type, ok=bool(latest and latest.good),
-                                  has_snapshot=bool(good)))
+        states.append(SourceState(
+            src.name, src.type, ok=bool(latest and latest.good), has_snapshot=bool(good),
+            limitations=list(good[-1].manifest.get("limitations", [])) if good else [],
+            sign_in_data=bool(good[-1].manifest.get("sign_in_data", True)) if good else True))
         reports.append(_source_report(src.name, src.type, good, latest, period, until, timeline,
                                       integration.log_retention_days, store.root))
 

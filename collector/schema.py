@@ -30,6 +30,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "disabled_at": "ts", "last_login_at": "ts", "privileged": "bool", "groups": "list",
         # "never signed in" is a value, distinct from "unknown" (a null last_login_at)
         "never_logged_in": "bool",
+        # an HR person_id held by the account (Entra employeeId), the last link tried
+        "employee_id": "str",
     },
     "events": {
         "source": "str", "instance": "str", "at": "ts", "action": "str", "actor": "str",

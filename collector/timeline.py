@@ -27,7 +27,7 @@ EVENT, SNAPSHOTS, ACCOUNT_RECORD, UNKNOWN = "audit event", "snapshot bound", "ac
 _KEY_SEP = "\x1f"
 _NARROW = ["instance", "account_id", "login", "enabled", "last_login_at", "never_logged_in"]
 _ATTRIBUTES = ["instance", "account_id", "login", "email", "display_name", "kind", "privileged",
-               "groups", "created_at"]
+               "groups", "created_at", "employee_id"]
 
 
 @dataclass(frozen=True)

@@ -224,3 +224,22 @@ def test_account_deleted_before_first_snapshot_seen_in_events(sb):
     assert res.population_size == 1
     assert reasons(res) == [("early@corp.com", "disabled_late")]
     assert res.exceptions[0].evidence == "audit event"
+
+
+def test_employee_id_links_when_no_email_matches(sb):
+    row = account("x-7781", email="")
+    row["employee_id"] = "E42"
+    sb.accounts("2026-04-01T02:00Z", [row])
+    hr = people(person("dana@corp.com", person_id="E42"))
+    assert orphans.evaluate(inputs(sb, hr)).exceptions == []
+    other = people(person("dana@corp.com", person_id="E43"))
+    assert reasons(orphans.evaluate(inputs(sb, other))) == [("x-7781", "no_hr_record")]
+
+
+def test_a_source_without_sign_in_data_is_a_limitation(sb):
+    sb.accounts("2026-04-01T02:00Z", [account("a@corp.com")])
+    i = inputs(sb, people(person("a@corp.com")))
+    i.account_sources[0].sign_in_data = False
+    res = no_access.evaluate(i)
+    assert res.status == "not_evaluable"
+    assert "no sign-in data" in res.limitations[0]

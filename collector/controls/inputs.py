@@ -22,6 +22,7 @@ class SourceState:
     ok: bool                  # the latest collection succeeded (ok or degraded)
     has_snapshot: bool
     limitations: list[str] = field(default_factory=list)
+    sign_in_data: bool = True     # the latest good snapshot carried sign-in data
 
 
 @dataclass
@@ -49,7 +50,7 @@ class ControlInputs:
         """Per account source: each timeline row's linked person (primary email) and status."""
         out = {}
         for name, tl in self.timelines.items():
-            out[name] = self.identity.link(tl.accounts["email"])
+            out[name] = self.identity.link(tl.accounts["email"], tl.accounts.get("employee_id"))
         return out
 
     def failed_sources(self, *, hr: bool = True) -> list[str]:

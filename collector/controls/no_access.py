@@ -73,6 +73,9 @@ def evaluate(inputs: ControlInputs) -> ControlResult:
         for i, v in zip(items.itertuples(), verdicts.itertuples())
         if v.result == "login_after_termination"]
     limitations = source_limitations(inputs)
+    limitations += [f"source '{s.name}' returned no sign-in data in its latest collection"
+                    + (f" ({'; '.join(s.limitations)})" if s.limitations else "")
+                    for s in inputs.account_sources if s.has_snapshot and not s.sign_in_data]
     undecided = verdicts[verdicts["result"] == "undecided"]
     if len(undecided):
         by_source = items.loc[undecided.index, "source"].value_counts()
