@@ -114,6 +114,7 @@ class ScheduleConfig:
     timezone: str = "UTC"
     collect: str = "0 2 * * *"
     pack: str = "0 6 1 1,4,7,10 *"
+    database_url: Any = None      # job store; default: SQLite in the store (may be a Secret)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,9 @@ class Config:
     service_accounts_path: Path | None
     schedule: ScheduleConfig
     raw: dict[str, Any]
+    # validated by their owners (reports, notifications); secrets already turned into Secret
+    pack: dict[str, Any] = field(default_factory=dict)
+    notifications: dict[str, Any] = field(default_factory=dict)
 
     @property
     def base_dir(self) -> Path:
@@ -278,7 +282,8 @@ def load_config(path: str | os.PathLike) -> Config:
         raise ConfigError(f"not valid TOML: {exc}", file=file) from None
     base_dir = file_path.parent
 
-    known_sections = {"store", "policy", "hr", "service_accounts", "sources", "schedule"}
+    known_sections = {"store", "policy", "hr", "service_accounts", "sources", "schedule", "pack",
+                      "notifications"}
     for key in data:
         if key not in known_sections:
             raise ConfigError(f"unknown section (known: {', '.join(sorted(known_sections))})",
@@ -309,17 +314,21 @@ def load_config(path: str | os.PathLike) -> Config:
             allow_path = base_dir / allow_path
 
     raw_schedule = _check_secrets(_table(data, "schedule", file), file, "schedule", base_dir)
-    _only(raw_schedule, ("timezone", "collect", "pack"), file, "schedule")
+    _only(raw_schedule, ("timezone", "collect", "pack", "database_url"), file, "schedule")
     schedule = ScheduleConfig(
         timezone=_check_timezone(raw_schedule.get("timezone", "UTC"), file, "schedule",
                                  "timezone"),
         collect=str(raw_schedule.get("collect", ScheduleConfig.collect)),
-        pack=str(raw_schedule.get("pack", ScheduleConfig.pack)))
+        pack=str(raw_schedule.get("pack", ScheduleConfig.pack)),
+        database_url=raw_schedule.get("database_url"))
 
     config = Config(
         file=file_path, store_path=store_path, policy=policy,
         hr=_load_hr(data, file, base_dir), sources=_load_sources(data, file, base_dir),
-        service_accounts_path=allow_path, schedule=schedule, raw=data)
+        service_accounts_path=allow_path, schedule=schedule, raw=data,
+        pack=_check_secrets(_table(data, "pack", file), file, "pack", base_dir),
+        notifications=_check_secrets(_table(data, "notifications", file), file,
+                                     "notifications", base_dir))
     return config
 
 

@@ -76,3 +76,10 @@ class Integration:
 
     def collect(self, ctx: CollectContext) -> CollectResult:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def check(self, ctx: CollectContext) -> list[str]:
+        """`accessproof check`: authenticate and make one cheap read call per permission group.
+
+        Returns the problems found (each naming the missing permission), [] when all is well;
+        records nothing. Integrations override it; the default says it cannot check."""
+        return [f"type '{self.type}' has no access check; run `accessproof collect` instead"]
