@@ -19,6 +19,7 @@ from .allowlist import load_allowlist
 from .config import Config, validate_sources
 from .controls import ControlInputs, SourceState, evaluate_all
 from .errors import AccessproofError, ConfigError
+from .hr_history import role_changes
 from .integration import CollectContext
 from .periods import Period
 from .registry import get_integration
@@ -179,6 +180,15 @@ def load_people(snapshots: list[Snapshot]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
+def _latest_tickets(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Every ticket any collection saw, each in the version collected last (collections
+    overlap, and a ticket changes as it is approved and resolved)."""
+    if not frames:
+        return empty("tickets")
+    tickets = pd.concat(frames, ignore_index=True)
+    return tickets.drop_duplicates(["system", "key"], keep="last").reset_index(drop=True)
+
+
 def _gaps(snapshots: list[Snapshot], period: Period, until: pd.Timestamp,
           timeline: SourceTimeline | None, retention: int | None) -> list[dict]:
     times = [s.started_at for s in snapshots]
@@ -247,26 +257,36 @@ def build_evidence(config: Config, period: Period, *, now: dt.datetime | None = 
     reports = [_source_report("hr", config.hr.type, hr_good, hr_latest, period, until, None,
                               None, store.root)]
 
-    states, timelines = [], {}
+    states, ticket_states, timelines, ticket_frames = [], [], {}, []
     for src in config.sources:
         integration = get_integration(src.type)
         good, latest = _usable(store, src.name, now)
         if verify_snapshots:
             store.verify_snapshots(good)
-        timeline = build_timeline(src.name, src.type, good) if good else None
-        if timeline is not None:
-            timelines[src.name] = timeline
-        states.append(SourceState(
+        state = SourceState(
             src.name, src.type, ok=bool(latest and latest.good), has_snapshot=bool(good),
             limitations=list(good[-1].manifest.get("limitations", [])) if good else [],
-            sign_in_data=bool(good[-1].manifest.get("sign_in_data", True)) if good else True))
+            sign_in_data=bool(good[-1].manifest.get("sign_in_data", True)) if good else True)
+        timeline = None
+        if "accounts" in integration.tables:
+            states.append(state)
+            timeline = build_timeline(src.name, src.type, good) if good else None
+            if timeline is not None:
+                timelines[src.name] = timeline
+        if "tickets" in integration.tables:
+            ticket_states.append(state)
+            ticket_frames += [snap.read("tickets") for snap in good if snap.has_table("tickets")]
         reports.append(_source_report(src.name, src.type, good, latest, period, until, timeline,
                                       integration.log_retention_days, store.root))
 
+    tickets = _latest_tickets(ticket_frames)
     inputs = ControlInputs(period=period, now=now, policy=config.policy,
                            hr_timezone=config.hr.timezone, people=people, hr=hr_state,
                            account_sources=states, timelines=timelines,
-                           allowlist=load_allowlist(config.service_accounts_path))
+                           allowlist=load_allowlist(config.service_accounts_path),
+                           tickets=tickets, ticket_sources=ticket_states,
+                           hr_changes=role_changes(hr_good, period.start, until),
+                           hr_first_snapshot=hr_good[0].started_at if hr_good else None)
     controls = evaluate_all(inputs)
     hires = people[people["hired_on"].map(
         lambda d: d is not None and period.start.date() <= d < until.date() + dt.timedelta(1))]

@@ -32,6 +32,8 @@ class Finding:
     terminated_at: pd.Timestamp | None = None
     disabled_at: pd.Timestamp | None = None
     hours_over_sla: float | None = None
+    ticket: str | None = None         # the ticket judged (key), for ticket findings
+    ticket_url: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The fields results.json promises (DESIGN §9)."""

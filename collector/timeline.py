@@ -25,7 +25,8 @@ ABSENT, DISABLED, ENABLED = 0, 1, 2
 EVENT, SNAPSHOTS, ACCOUNT_RECORD, UNKNOWN = "audit event", "snapshot bound", "account record", \
     "unknown"
 _KEY_SEP = "\x1f"
-_NARROW = ["instance", "account_id", "login", "enabled", "last_login_at", "never_logged_in"]
+_NARROW = ["instance", "account_id", "login", "enabled", "last_login_at", "never_logged_in",
+           "privileged"]
 _ATTRIBUTES = ["instance", "account_id", "login", "email", "display_name", "kind", "privileged",
                "groups", "created_at", "employee_id"]
 
@@ -54,6 +55,10 @@ class TimeEstimate:
         if self.lower is None:
             return f"by {_fmt(self.upper)} ({self.basis})"
         return f"between {_fmt(self.lower)} and {_fmt(self.upper)} ({self.basis})"
+
+
+def describe_bounds(lower, upper, basis: str) -> str:
+    return TimeEstimate(lower, upper, basis).describe()
 
 
 def _fmt(ts: pd.Timestamp) -> str:
@@ -88,6 +93,7 @@ class SourceTimeline:
     snapshots: list[Snapshot]
     accounts: pd.DataFrame            # one row per account; row position == state row
     state: np.ndarray                 # int8 (accounts × snapshots)
+    privileged: np.ndarray            # bool (accounts × snapshots): privileged when observed
     login_known_last: np.ndarray      # per account: last snapshot index with a sign-in value
     events: pd.DataFrame              # deduplicated, with ``row`` (account position or -1)
     event_windows: list[tuple[pd.Timestamp, pd.Timestamp]]
@@ -275,6 +281,22 @@ class SourceTimeline:
         return out.sort_values(["at_or_before", "account", "change"], kind="stable") \
             .reset_index(drop=True)
 
+    def privilege_grants(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        """Accounts that became privileged in [start, end): not privileged (or absent) in one
+        snapshot, privileged in the next; exact when a role-change event falls in between."""
+        rows = []
+        for j in range(1, len(self.snapshots)):
+            lower, upper = self.snap_start[j - 1], self.snap_finish[j]
+            if upper < start or lower >= end:
+                continue
+            granted = ~self.privileged[:, j - 1] & self.privileged[:, j] \
+                & (self.state[:, j] != ABSENT)
+            for row in np.flatnonzero(granted):
+                exact = self._last_event(int(row), ("role_changed",), lower, upper)
+                rows.append((int(row), exact or lower, exact or upper,
+                             EVENT if exact is not None else SNAPSHOTS))
+        return pd.DataFrame(rows, columns=["row", "lower", "upper", "basis"])
+
 
 def _us(ts) -> int:
     return pd.Timestamp(ts).value // 1000   # .value is always nanoseconds
@@ -313,13 +335,16 @@ def build_timeline(source: str, source_type: str, snapshots: list[Snapshot]) -> 
         never_now = _bool(table["never_logged_in"])
         never[pos] = never_now & ~has_login
         per_snapshot.append((pos, np.where(_bool(table["enabled"]), ENABLED, DISABLED)
-                             .astype(np.int8), has_login | never_now))
+                             .astype(np.int8), has_login | never_now,
+                             _bool(table["privileged"])))
 
     n_acc, n_snap = len(key_index), len(snapshots)
     state = np.zeros((n_acc, n_snap), dtype=np.int8)
+    privileged = np.zeros((n_acc, n_snap), dtype=bool)
     login_known_last = np.full(n_acc, -1, dtype=np.int64)
-    for s_idx, (pos, states, known) in enumerate(per_snapshot):
+    for s_idx, (pos, states, known, priv) in enumerate(per_snapshot):
         state[pos, s_idx] = states
+        privileged[pos, s_idx] = priv
         login_known_last[pos[known]] = s_idx
 
     # attributes from each account's latest observation: one read per distinct last snapshot
@@ -351,8 +376,11 @@ def build_timeline(source: str, source_type: str, snapshots: list[Snapshot]) -> 
     events, windows = _load_events(snapshots)
     timeline_events, accounts, state, login_known_last = _attach_events(
         events, accounts, state, login_known_last)
-    return SourceTimeline(source, source_type, snapshots, accounts, state, login_known_last,
-                          timeline_events, windows)
+    if len(state) > len(privileged):   # accounts known from events only
+        privileged = np.vstack([privileged, np.zeros((len(state) - len(privileged), n_snap),
+                                                     dtype=bool)])
+    return SourceTimeline(source, source_type, snapshots, accounts, state, privileged,
+                          login_known_last, timeline_events, windows)
 
 
 def _load_events(snapshots: list[Snapshot]):

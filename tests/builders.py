@@ -83,12 +83,32 @@ class StoreBuilder:
         return build_timeline(source, "aws_iam", self.store.good_snapshots(source))
 
 
+def ticket(key, subject, *, kind="access_request", target="aws-prod", approved_at=None,
+           approver=None, status=None, requested_at="2025-12-01T00:00Z", resolved_at=None):
+    return {"system": "jira", "key": key, "kind": kind, "subject_email": subject,
+            "target_system": target, "requested_at": ts(requested_at),
+            "approved_at": ts(approved_at) if approved_at else None,
+            "approver_email": approver, "resolved_at": ts(resolved_at) if resolved_at else None,
+            "status": status or ("approved" if approved_at else "pending"),
+            "url": f"https://jira.example/browse/{key}", "summary": f"ticket {key}"}
+
+
 def inputs(store: StoreBuilder, people_frame, *, period="2026-Q1", now="2026-04-02T12:00Z",
-           policy=None, allowlist=(), source_ok=True, hr_tz="UTC"):
+           policy=None, allowlist=(), source_ok=True, hr_tz="UTC", tickets=None,
+           ticket_sources=True, hr_changes=None, hr_first="2025-12-31T00:00Z"):
     tl = store.timeline()
+    extra = {}
+    if hr_changes is not None:
+        extra["hr_changes"] = pd.DataFrame(hr_changes, columns=[
+            "person", "person_id", "field", "old", "new", "lower", "upper"])
     return ControlInputs(
         period=parse_period(period), now=ts(now), policy=policy or PolicyConfig(),
         hr_timezone=hr_tz, people=people_frame,
         hr=SourceState("hr", "csv", ok=True, has_snapshot=True),
         account_sources=[SourceState("aws-prod", "aws_iam", ok=source_ok, has_snapshot=True)],
-        timelines={"aws-prod": tl}, allowlist=list(allowlist))
+        timelines={"aws-prod": tl}, allowlist=list(allowlist),
+        tickets=conform(pd.DataFrame(list(tickets or [])) if tickets else
+                        pd.DataFrame(columns=["system", "key", "kind"]), "tickets", source="t"),
+        ticket_sources=[SourceState("jira", "jira", ok=True, has_snapshot=True)]
+        if ticket_sources else [],
+        hr_first_snapshot=ts(hr_first) if hr_first else None, **extra)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from ..results import ControlResult
-from . import deprovisioning, no_access, orphans
+from . import deprovisioning, no_access, orphans, provisioning, role_changes
 from .inputs import ControlInputs, SourceState
 
 CONTROLS = {
+    provisioning.ID: provisioning.evaluate,
     deprovisioning.ID: deprovisioning.evaluate,
     no_access.ID: no_access.evaluate,
     orphans.ID: orphans.evaluate,
+    role_changes.ID: role_changes.evaluate,
 }
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..results import ControlResult, Finding
 from ..timeline import UNKNOWN
+from . import approvals
 from .base import source_limitations
 from .inputs import ControlInputs
 
@@ -83,10 +84,13 @@ def judge(inputs: ControlInputs, item) -> dict:
 def evaluate(inputs: ControlInputs) -> ControlResult:
     items = inputs.termination_items
     verdicts = pd.DataFrame([judge(inputs, item) for item in items.itertuples()],
-                            index=items.index)
-    population = _population(items, verdicts)
+                            index=items.index, columns=[
+                                "result", "detail", "disabled_lower", "disabled_upper", "basis",
+                                "disabled", "hours_to_disable", "hours_over_sla"])
+    offboarding = _offboarding_tickets(inputs, items)
     findings = []
-    for item, verdict in zip(items.itertuples(), verdicts.itertuples()):
+    for item, verdict, ticket in zip(items.itertuples(), verdicts.itertuples(),
+                                     offboarding.itertuples()):
         if verdict.result in (ON_TIME, PENDING):
             continue
         findings.append(Finding(
@@ -95,24 +99,46 @@ def evaluate(inputs: ControlInputs) -> ControlResult:
             display_name=item.display_name, evidence=verdict.basis,
             terminated_at=item.termination_effective,
             disabled_at=verdict.disabled_upper if pd.notna(verdict.disabled_upper) else None,
-            hours_over_sla=verdict.hours_over_sla))
+            hours_over_sla=verdict.hours_over_sla, ticket=ticket.offboarding_ticket,
+            ticket_url=ticket.offboarding_ticket_url))
+    population = pd.concat([_population(items, verdicts), offboarding], axis=1)
+    notes = []
+    missing = int(offboarding["offboarding_ticket"].isna().sum())
+    if missing and inputs.ticket_sources:
+        notes.append(f"{missing} of {len(items)} leaver accounts have no offboarding ticket on "
+                     "record (informational, not an exception)")
     limitations = source_limitations(inputs)
-    pending = int((verdicts["result"] == PENDING).sum()) if len(verdicts) else 0
+    pending = int((verdicts["result"] == PENDING).sum())
     if pending:
         limitations.append(f"{pending} account(s) of recent leavers are still within the SLA "
                            "and cannot be judged yet")
     return ControlResult(id=ID, title=TITLE, description=DESCRIPTION,
                          complete=not limitations, limitations=limitations,
-                         population=population, exceptions=findings)
+                         population=population, exceptions=findings, notes=notes)
 
 
 def _population(items: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
     cols = ["person_id", "person", "name", "worker_type", "terminated_on",
             "termination_effective", "source", "account", "display_name"]
     base = items.reindex(columns=cols).rename(columns={"person": "email"})
-    if verdicts.empty:
-        return base.assign(result=None, disabled=None, basis=None, hours_to_disable=None,
-                           hours_over_sla=None)
     return pd.concat([base, verdicts[["result", "disabled", "basis", "disabled_lower",
                                       "disabled_upper", "hours_to_disable", "hours_over_sla"]]],
                      axis=1)
+
+
+def _offboarding_tickets(inputs: ControlInputs, items: pd.DataFrame) -> pd.DataFrame:
+    """The offboarding trail beside each leaver's disable times: the person's offboarding
+    ticket closest to the termination (the source system is not required to match)."""
+    indexed = approvals.index_tickets(inputs.tickets, inputs.identity)
+    out = []
+    for item in items.itertuples():
+        tickets = approvals.candidates(indexed, item.person, ("offboarding",), None)
+        if tickets.empty:
+            out.append((None, None, pd.NaT, pd.NaT))
+            continue
+        distance = (tickets["requested_at"] - item.termination_effective).abs()
+        best = tickets.loc[distance.idxmin()] if distance.notna().any() else tickets.iloc[0]
+        out.append((best["key"], best["url"], best["requested_at"], best["resolved_at"]))
+    return pd.DataFrame(out, index=items.index, columns=[
+        "offboarding_ticket", "offboarding_ticket_url", "offboarding_requested_at",
+        "offboarding_resolved_at"])

@@ -12,6 +12,7 @@ from ..allowlist import AllowlistEntry
 from ..config import PolicyConfig
 from ..identity import IdentityIndex
 from ..periods import Period
+from ..schema import empty
 from ..timeline import SourceTimeline
 
 
@@ -36,6 +37,11 @@ class ControlInputs:
     account_sources: list[SourceState]
     timelines: dict[str, SourceTimeline]  # account source name → timeline
     allowlist: list[AllowlistEntry] = field(default_factory=list)
+    tickets: pd.DataFrame = field(default_factory=lambda: empty("tickets"))
+    ticket_sources: list[SourceState] = field(default_factory=list)
+    hr_changes: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["person", "person_id", "field", "old", "new", "lower", "upper"]))
+    hr_first_snapshot: pd.Timestamp | None = None
 
     @property
     def judged_until(self) -> pd.Timestamp:
