@@ -130,8 +130,9 @@ def test_cli_required_options_and_arguments():
 
 
 def test_control_ids_are_public():
-    assert set(CONTROLS) == {"deprovisioning-timely", "no-access-after-termination",
-                             "orphaned-accounts"}
+    assert list(CONTROLS) == ["provisioning-approved", "deprovisioning-timely",
+                              "no-access-after-termination", "orphaned-accounts",
+                              "role-change-approved"]
 
 
 @pytest.mark.parametrize("cls, code", [
