@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .errors import ConfigError
 
 SECRET_KEY_PATTERN = re.compile(
-    r"(secret|password|passphrase|_token|api_key|private_key|signing_key|credential|"
+    r"(secret|password|passphrase|(?:^|_)token|api_key|private_key|signing_key|credential|"
     r"client_certificate|service_account_file|access_key)$"
 )
 SOURCE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -30,15 +30,32 @@ class RetryPolicy:
     backoff_factor: float = 0.5    # 0.5, 1, 2, 4 … seconds between tries
     backoff_jitter: float = 0.25   # up to this many seconds added at random
     max_backoff: float = 30.0
-    max_retry_after: float = 120.0  # a longer Retry-After is an outage: give up, say so
+    max_retry_after: float = 120.0  # a longer Retry-After is waited only this long
 
     def urllib3(self) -> Retry:
-        return Retry(total=self.max_attempts - 1, connect=self.max_attempts - 1,
+        return _CappedRetry(self.max_retry_after,total=self.max_attempts - 1, connect=self.max_attempts - 1,
                      read=self.max_attempts - 1, status=self.max_attempts - 1,
                      backoff_factor=self.backoff_factor, backoff_jitter=self.backoff_jitter,
                      backoff_max=self.max_backoff, status_forcelist=RETRY_STATUSES,
                      allowed_methods=None,   # our POSTs are searches: safe to repeat
                      respect_retry_after_header=True, raise_on_status=False)
+
+
+class _CappedRetry(Retry):
+    """urllib3's Retry, with the wait a server may ask for (Retry-After) capped."""
+
+    def __init__(self, max_retry_after: float = 120.0, **kwargs):
+        self.max_retry_after = max_retry_after
+        super().__init__(**kwargs)
+
+    def new(self, **kwargs):
+        retry = super().new(**kwargs)
+        retry.max_retry_after = self.max_retry_after
+        return retry
+
+    def get_retry_after(self, response):
+        value = super().get_retry_after(response)
+        return None if value is None else min(value, self.max_retry_after)
 
 
 def make_session(*, ca_bundle: str | os.PathLike | None = None,

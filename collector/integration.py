@@ -60,6 +60,9 @@ class Integration:
     permissions: ClassVar[tuple[Permission, ...]]
     # Days the source keeps audit events; None when it has no event history.
     log_retention_days: ClassVar[int | None] = None
+    # For sources that keep their records for ever (tickets): how far back the first collection
+    # reads; later ones read from the previous good collection on (with overlap).
+    default_backfill_days: ClassVar[int | None] = None
     # Option name → short description; anything else in the config section is an error.
     options: ClassVar[dict[str, str]] = {}
     required_options: ClassVar[tuple[str, ...]] = ()

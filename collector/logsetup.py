@@ -213,7 +213,7 @@ class Progress:
         if self._rich is not None:
             self._rich.update(self._task, description=f"{self.description}: {name}")
         else:
-            self.log.info("%s: %s …", self.description, name)
+            self.log.debug("%s: %s …", self.description, name)
 
     def advance(self) -> None:
         if self._rich is not None:

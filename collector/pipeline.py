@@ -80,10 +80,11 @@ def collect_source(store: SnapshotStore, name: str, type_name: str, source_confi
     previous = next((s for s in reversed(store.good_snapshots(name))
                      if s.started_at <= started_at and s.window is not None), None)
     retention = integration_cls.log_retention_days
+    history = retention if retention is not None else integration_cls.default_backfill_days
     backfill = getattr(source_config, "options", {}).get("backfill_days")
-    days = min(d for d in (retention, backfill) if d is not None) if (retention or backfill) \
-        else 0
-    earliest = started_at - dt.timedelta(days=days)
+    limits = [d for d in (history, backfill) if d is not None]
+    days = min(limits) if history is not None and limits else None   # None: no history
+    earliest = started_at - dt.timedelta(days=days or 0)
     if previous is not None:
         since = max(earliest, (previous.window[1] - EVENT_OVERLAP).to_pydatetime())
     else:
@@ -102,7 +103,7 @@ def collect_source(store: SnapshotStore, name: str, type_name: str, source_confi
         for table in integration_cls.tables:
             writer.write_table(table, result.tables.get(table, empty(table)))
         status = "degraded" if result.degraded else "ok"
-        window = (since, started_at) if retention is not None else None
+        window = (since, started_at) if days is not None else None
         snapshot = writer.commit(finished_at=finished(), status=status,
                                  principal=result.principal, instances=result.instances,
                                  window=window, limitations=result.limitations,

@@ -216,6 +216,46 @@ class AwsIam(Integration):
                 "events_window": {"start": _iso(since), "end": _iso(until)},
             })
 
+    def check(self, ctx: CollectContext) -> list[str]:
+        """`accessproof check`: authenticate (sts:GetCallerIdentity, after sts:AssumeRole when
+        assume_role_arn is set), then one cheap call per permission the collection needs. Each
+        denial names the missing IAM permission; nothing is recorded but in ``ctx.raw``."""
+        settings = Settings.from_source(ctx.config)
+        try:
+            aws = AwsClient(ctx, settings)
+            identity = aws.call(aws.client("sts"), "GetCallerIdentity")
+        except SourceError as exc:    # no usable identity: nothing else can be checked
+            return [str(exc)]
+        principal = identity.get("Arn") or "the collecting principal"
+        ctx.log.info("aws_iam %s: authenticated as %s (account %s)", ctx.name, principal,
+                     identity.get("Account"))
+        iam, cloudtrail = aws.client("iam"), aws.client("cloudtrail")
+        since = ctx.now - dt.timedelta(hours=1)
+        probes = (
+            (iam, "GenerateCredentialReport", {}),
+            (iam, "GetCredentialReport", {}),
+            (iam, "GetAccountAuthorizationDetails", {"Filter": ["User"], "MaxItems": 1}),
+            (cloudtrail, "LookupEvents", {"StartTime": since, "EndTime": ctx.now,
+                                          "MaxResults": 1}),
+        )
+        problems = []
+        for client, operation, params in probes:
+            permission = PERMISSION_OF[operation]
+            try:
+                aws.call(client, operation, **params)
+            except SourceError as exc:
+                code = _error_code(exc)
+                if code in REPORT_PENDING:    # allowed: the report is just not ready yet
+                    continue
+                if code in DENIED:
+                    problems.append(f"missing permission {permission}: {operation} was denied "
+                                    f"({code}) for {principal}")
+                else:
+                    problems.append(f"{permission}: {exc}")
+            else:
+                ctx.log.debug("aws_iam %s: %s allowed", ctx.name, permission)
+        return problems
+
 
 _shared_loader = None
 

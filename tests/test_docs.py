@@ -29,7 +29,8 @@ def test_every_option_and_policy_key_is_documented():
     text = EXAMPLE.read_text()
     for name in available():
         for option in get_integration(name).options:
-            assert re.search(rf"^#? ?{option} = ", text, re.M), f"{name}: {option} undocumented"
+            assert re.search(rf"^#? ?{option} = |^\[sources\.{option}\]", text, re.M), \
+                f"{name}: {option} undocumented"
     for key in PolicyConfig.__dataclass_fields__:
         assert re.search(rf"^{key} = ", text, re.M), key
 
