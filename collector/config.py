@@ -20,7 +20,7 @@ from .errors import ConfigError
 
 SECRET_KEY_PATTERN = re.compile(
     r"(secret|password|passphrase|(?:^|_)token|api_key|private_key|signing_key|credential|"
-    r"client_certificate|service_account_file|access_key)$"
+    r"client_certificate|certificate_key|service_account_file|access_key)$"
 )
 SOURCE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 HR_REQUIRED_COLUMNS = ("person_id", "email", "hired_on", "terminated_on")

@@ -45,16 +45,37 @@ class IdentityIndex:
         return cls(unique.set_index("key")["person"], ambiguous, person_ids,
                    ids.set_index("id")["person"])
 
-    def link(self, emails: pd.Series, employee_ids: pd.Series | None = None) -> pd.DataFrame:
+    def link(self, emails: pd.Series, employee_ids: pd.Series | None = None,
+             aliases: pd.Series | None = None) -> pd.DataFrame:
         """For each account: ``person`` (primary email or None) and ``link`` status, by email
-        or alias, else by an employee id equal to an HR ``person_id``."""
+        (against HR emails and aliases), else by the account's own aliases, else by an employee
+        id equal to an HR ``person_id``."""
         keys = normalize_emails(emails)
         person = keys.map(self.lookup).astype(object)
+        ambiguous_alias = pd.Series(False, index=emails.index)
+        if aliases is not None:
+            by_alias = self._link_aliases(aliases)
+            unresolved = person.isna() & ~keys.isin(set(self.ambiguous))
+            ambiguous_alias = unresolved & by_alias.eq(AMBIGUOUS)
+            person = person.where(~unresolved | ambiguous_alias, by_alias.where(
+                by_alias.ne(AMBIGUOUS), None))
         if employee_ids is not None:
             by_id = employee_ids.astype(object).map(self.by_person_id)
             person = person.where(person.notna() | keys.isin(set(self.ambiguous)), by_id)
         status = pd.Series(UNLINKED, index=emails.index, dtype=object)
         status[person.notna()] = LINKED
-        status[keys.isin(set(self.ambiguous))] = AMBIGUOUS
+        status[keys.isin(set(self.ambiguous)) | ambiguous_alias] = AMBIGUOUS
         return pd.DataFrame({"person": person.where(person.notna(), None), "link": status},
                             index=emails.index)
+
+    def _link_aliases(self, aliases: pd.Series) -> pd.Series:
+        """Per account: the one person its aliases point to, AMBIGUOUS for several, else None."""
+        pairs = aliases.explode().dropna()
+        if pairs.empty:
+            return pd.Series(None, index=aliases.index, dtype=object)
+        people = normalize_emails(pd.Series(pairs.to_numpy())).map(self.lookup)
+        found = pd.DataFrame({"row": pairs.index, "person": people.to_numpy()}).dropna()
+        counts = found.groupby("row")["person"].nunique()
+        first = found.groupby("row")["person"].first()
+        out = first.where(counts == 1, AMBIGUOUS)
+        return out.reindex(aliases.index).astype(object)

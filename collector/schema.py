@@ -32,6 +32,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "never_logged_in": "bool",
         # an HR person_id held by the account (Entra employeeId), the last link tried
         "employee_id": "str",
+        # other addresses of the account (Google aliases), tried when the email links no one
+        "aliases": "list",
     },
     "events": {
         "source": "str", "instance": "str", "at": "ts", "action": "str", "actor": "str",

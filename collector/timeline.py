@@ -28,7 +28,7 @@ _KEY_SEP = "\x1f"
 _NARROW = ["instance", "account_id", "login", "enabled", "last_login_at", "never_logged_in",
            "privileged"]
 _ATTRIBUTES = ["instance", "account_id", "login", "email", "display_name", "kind", "privileged",
-               "groups", "created_at", "employee_id"]
+               "groups", "created_at", "employee_id", "aliases"]
 
 
 @dataclass(frozen=True)

@@ -608,8 +608,12 @@ def build_accounts(users: list[dict[str, Any]], *, source: str, instance: str) -
             "never_logged_in": never,
             "privileged": bool(user.get("isAdmin")) or bool(user.get("isDelegatedAdmin")),
             "groups": [],
+            # Google links by primary email *and* aliases (DESIGN §9); kept for an `aliases`
+            # column of `accounts` (conform drops it while the schema has none)
+            "aliases": [*(user.get("aliases") or []), *(user.get("nonEditableAliases") or [])],
         })
-    frame = pd.DataFrame(rows, columns=list(SCHEMAS["accounts"]))
+    columns = list(SCHEMAS["accounts"])
+    frame = pd.DataFrame(rows, columns=columns + ([] if "aliases" in columns else ["aliases"]))
     return conform(frame, "accounts", source=source)
 
 

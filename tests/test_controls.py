@@ -243,3 +243,16 @@ def test_a_source_without_sign_in_data_is_a_limitation(sb):
     res = no_access.evaluate(i)
     assert res.status == "not_evaluable"
     assert "no sign-in data" in res.limitations[0]
+
+
+def test_account_aliases_link_when_the_primary_email_does_not(sb):
+    row = account("g.user@old-domain.example")
+    row["aliases"] = ["gina@corp.com"]
+    sb.accounts("2026-04-01T02:00Z", [row])
+    assert orphans.evaluate(inputs(sb, people(person("gina@corp.com")))).exceptions == []
+    both = people(person("gina@corp.com"), person("x@corp.com", aliases=["x2@corp.com"]))
+    row["aliases"] = ["gina@corp.com", "x2@corp.com"]
+    sb2 = StoreBuilder(sb.store.root.parent / "other")
+    sb2.accounts("2026-04-01T02:00Z", [row])
+    assert reasons(orphans.evaluate(inputs(sb2, both))) == [
+        ("g.user@old-domain.example", "ambiguous_hr_record")]

@@ -56,7 +56,8 @@ class ControlInputs:
         """Per account source: each timeline row's linked person (primary email) and status."""
         out = {}
         for name, tl in self.timelines.items():
-            out[name] = self.identity.link(tl.accounts["email"], tl.accounts.get("employee_id"))
+            out[name] = self.identity.link(tl.accounts["email"], tl.accounts.get("employee_id"),
+                                           tl.accounts.get("aliases"))
         return out
 
     def failed_sources(self, *, hr: bool = True) -> list[str]:
