@@ -31,6 +31,12 @@ DOMAIN = "corp.example"
 HR_TZ = "America/New_York"
 ACCOUNT_ID = "123456789012"
 MARKER = ".accessproof-demo"
+JIRA_EMAIL = "compliance-bot@corp.example"
+JIRA_TOKEN = "demo-jira-token"        # served by the local emulator only
+ENTRA_TENANT = "8f3c2a6e-1b7d-4c9a-9e55-0d2b7a1c4f10"
+ENTRA_CLIENT = "5d0c3e8a-7f41-4b6e-a2c9-3e1f9b7d6a20"
+ENTRA_SECRET = "demo-entra-secret"     # served by the local emulator only
+GOOGLE_ADMIN = "admin@corp.example"
 COLLECT_HOUR = 2                      # daily snapshot at 02:00 UTC
 OUTAGE_DAYS = (40, 41, 42)            # days into the period with no collection (a coverage gap)
 UTC = dt.timezone.utc
@@ -58,6 +64,14 @@ class Employment:
     hired_on: dt.date
     terminated_on: dt.date | None = None
     aliases: list[str] = field(default_factory=list)
+    moves: list[tuple[dt.date, str, str]] = field(default_factory=list)   # (day, dept, title)
+
+    def role_on(self, day: dt.date) -> tuple[str, str]:
+        dept, title = self.department, self.title
+        for moved_on, new_dept, new_title in sorted(self.moves):
+            if moved_on <= day:
+                dept, title = new_dept, new_title
+        return dept, title
 
 
 @dataclass(order=True)
@@ -65,7 +79,7 @@ class Change:
     """Something that happens to the organisation at a moment (applied before a collection)."""
 
     at: dt.datetime
-    kind: str = field(compare=False)          # create | disable | delete | enable | login
+    kind: str = field(compare=False)   # create | disable | delete | enable | login | grant
     user: str = field(compare=False)
     events: bool = field(default=True, compare=False)   # False: CloudTrail missed it
     tags: dict = field(default_factory=dict, compare=False)
@@ -96,6 +110,8 @@ class Organisation:
         self.employments: list[Employment] = []
         self.changes: list[Change] = []
         self.service_accounts = ["ci-deployer", "backup-agent", "temp-migration"]
+        # Jira requests: (key, request type, subject, created, approvals, resolved, summary)
+        self.tickets: list[tuple] = []
         self._names: set[str] = set()
         self._build()
 
@@ -207,7 +223,88 @@ class Organisation:
             self.changes.append(Change(self.period.start.to_pydatetime()
                                        - dt.timedelta(days=300), "create", name,
                                        tags={"account-type": "service"}))
+        self._tickets(established)
+        # Entra guests: a contractor invited under an external address (an HR alias), and a
+        # guest no HR record knows
+        self.guests = ["consultant@ext-advisors.example"]
+        partner = next(e for e in established if e.terminated_on is None and not e.aliases
+                       and e.user_name == e.email)
+        partner.aliases.append(partner.email.split("@")[0] + "@partner-ext.example")
+        self.guests.append(partner.aliases[-1])
         self.changes.sort()
+
+    # ---- tickets ----------------------------------------------------------------------------
+    def _ticket(self, kind, subject, created, approvals=(), resolved=None, summary="",
+                target="aws-prod"):
+        key = f"ACCESS-{len(self.tickets) + 101}"
+        self.tickets.append((key, kind, subject, target, created, list(approvals), resolved,
+                             summary))
+        return key
+
+    def _tickets(self, established: list[Employment]) -> None:
+        """Access requests for joiners, offboarding for leavers, role changes for movers, with
+        one planted case of every approval exception."""
+        manager = next(e for e in established if e.terminated_on is None)
+        creations = {c.user: c.at for c in self.changes if c.kind == "create"}
+        joiners = [e for e in self.employments
+                   if self.period.start.date() <= e.hired_on < self.period.end.date()
+                   and e.user_name in creations and creations[e.user_name] >= self.period.start]
+        for n, emp in enumerate(joiners):
+            created = creations[emp.user_name]
+            asked = created - dt.timedelta(days=6)
+            approved_by, approved_at = manager.email, created - dt.timedelta(days=1)
+            # Google Workspace and Entra ID accounts: requested and approved in advance
+            for system in ("workspace", "entra"):
+                self._ticket("Access Request", emp.email, asked,
+                             [("approved", manager.email, created - dt.timedelta(days=1))],
+                             resolved=created + dt.timedelta(minutes=20),
+                             summary=f"{system} account for {emp.name}", target=system)
+            if n == 0:        # AWS: approved five hours after the account was created
+                approved_at = created + dt.timedelta(hours=5)
+            elif n == 1:      # AWS: approved by the joiner themself
+                approved_by = emp.email
+            elif n == 2:      # AWS: no ticket at all
+                continue
+            elif n == 3:      # AWS: rejected, provisioned anyway
+                self._ticket("Access Request", emp.email, asked,
+                             [("declined", manager.email, created - dt.timedelta(days=2))],
+                             summary=f"AWS access for {emp.name}")
+                continue
+            self._ticket("Access Request", emp.email, asked,
+                         [("approved", approved_by, approved_at)],
+                         resolved=created + dt.timedelta(minutes=20),
+                         summary=f"AWS access for {emp.name}")
+        # offboarding tickets for most leavers (a missing one is only informational)
+        for emp in self.employments:
+            if emp.terminated_on and self.period.start.date() <= emp.terminated_on \
+                    < self.period.end.date() and emp.person_id[-1] not in "05":
+                opened = _local_midnight(emp.terminated_on) - dt.timedelta(days=3)
+                self._ticket("Offboarding", emp.email, opened,
+                             [("approved", manager.email, opened + dt.timedelta(hours=2))],
+                             resolved=_effective(emp.terminated_on) + dt.timedelta(hours=8),
+                             summary=f"Leaver: {emp.name}")
+        # movers: one approved in advance, one with no ticket
+        movers = [e for e in established if e.terminated_on is None and e is not manager][:2]
+        for n, emp in enumerate(movers):
+            day = self._day(40 + 20 * n)
+            emp.moves.append((day, "Finance" if emp.department != "Finance" else "Sales",
+                              "Team Lead"))
+            if n == 0:
+                opened = _local_midnight(day) - dt.timedelta(days=5)
+                self._ticket("Role Change", emp.email, opened,
+                             [("approved", manager.email, opened + dt.timedelta(days=1))],
+                             resolved=_local_midnight(day), summary=f"Transfer: {emp.name}")
+        # privileged grants: one approved in advance, one after the fact
+        grantees = [e for e in established if e.terminated_on is None
+                    and e not in movers and e is not manager][:2]
+        for n, emp in enumerate(grantees):
+            at = self.period.start.to_pydatetime() + dt.timedelta(days=50 + 3 * n, hours=15)
+            self.changes.append(Change(at, "grant", emp.user_name))
+            approved = at - dt.timedelta(hours=3) if n == 0 else at + dt.timedelta(days=2)
+            self._ticket("Role Change", emp.email, at - dt.timedelta(days=2),
+                         [("approved", manager.email, approved)],
+                         resolved=approved + dt.timedelta(hours=1),
+                         summary=f"Admin access for {emp.name}")
 
     # ---- files ------------------------------------------------------------------------------
     def hr_rows(self, as_of: dt.datetime) -> list[dict]:
@@ -220,10 +317,11 @@ class Organisation:
                 continue
             term = emp.terminated_on if emp.terminated_on and \
                 emp.terminated_on <= horizon + dt.timedelta(days=7) else None
+            department, title = emp.role_on(horizon)
             rows.append({
                 "Employee ID": emp.person_id, "Full Name": emp.name, "Work Email": emp.email,
-                "Other Emails": ";".join(emp.aliases), "Department": emp.department,
-                "Job Title": emp.title, "Worker Type": emp.worker_type.title(),
+                "Other Emails": ";".join(emp.aliases), "Department": department,
+                "Job Title": title, "Worker Type": emp.worker_type.title(),
                 "Hire Date": emp.hired_on.strftime("%m/%d/%Y"),
                 "Termination Date": term.strftime("%m/%d/%Y") if term else ""})
         return rows
@@ -240,7 +338,7 @@ class Organisation:
             f'owner = "it-ops@corp.example"\nreason = "nightly backups"\nexpires = {expired}\n')
 
 
-def _config_text(moto_url: str, cloudtrail_url: str) -> str:
+def _config_text(moto_url: str, cloudtrail_url: str, jira_url: str, google, graph) -> str:
     return f'''# accessproof demo configuration (written by `accessproof demo`).
 # The endpoints below are local emulators that exist only while the demo runs.
 [store]
@@ -277,18 +375,59 @@ region = "us-east-1"
 endpoint_url = "{moto_url}"
 cloudtrail_endpoint_url = "{cloudtrail_url}"
 max_attempts = 3
+privileged_groups = ["admins"]
+
+[[sources]]
+name = "workspace"
+type = "google_workspace"
+customer = "my_customer"
+delegated_admin = "{GOOGLE_ADMIN}"
+service_account_file = "file:google-service-account.json"
+api_endpoint = "{google.url}/"
+token_uri = "{google.token_uri}"
+max_attempts = 3
+
+[[sources]]
+name = "entra"
+type = "entra_id"
+tenant_id = "{ENTRA_TENANT}"
+client_id = "{ENTRA_CLIENT}"
+client_secret = "env:ACCESSPROOF_DEMO_ENTRA_SECRET"
+authority_host = "{graph.authority_host}"
+graph_url = "{graph.graph_url}"
+ca_bundle = "{graph.ca_path}"
+max_attempts = 3
+
+[[sources]]
+name = "jira"
+type = "jira"
+url = "{jira_url}"
+email = "{JIRA_EMAIL}"
+api_token = "env:ACCESSPROOF_DEMO_JIRA_TOKEN"
+jql = "project = ACCESS"
+[sources.fields]
+subject_email = "customfield_10050"
+target_system = "customfield_10051"
+request_type = "customfield_10010"
+[sources.kinds]
+"Access Request" = "access_request"
+"Offboarding" = "offboarding"
+"Role Change" = "role_change"
 '''
 
 
 class _Emulated:
     """Applies the organisation's changes to moto (IAM state) and the CloudTrail emulator."""
 
-    def __init__(self, moto_url: str, cloudtrail):
+    def __init__(self, moto_url: str, cloudtrail, google, graph):
         self.iam = boto3.client("iam", endpoint_url=moto_url, region_name="us-east-1",
                                 aws_access_key_id="demo", aws_secret_access_key="demo")
         self.cloudtrail = cloudtrail
+        self.google, self.graph = google, graph
+        self.email_of: dict[str, str] = {}      # IAM user name → the person's address
         from moto.iam.models import iam_backends
         self._backend = iam_backends[ACCOUNT_ID]["global"]
+        self.iam.create_group(GroupName="admins")
 
     def _event(self, name, at, user, **kwargs):
         from accessproof_fakes.cloudtrail import make_event
@@ -296,8 +435,49 @@ class _Emulated:
                                        actor=f"arn:aws:iam::{ACCOUNT_ID}:user/it-admin", **kwargs))
 
     def apply(self, change: Change) -> None:
+        self._apply_aws(change)
+        if change.tags.get("account-type") == "service" or change.kind == "grant":
+            return                     # service users and AWS groups exist in AWS only
+        self._apply_directories(change)
+
+    def _apply_directories(self, change: Change) -> None:
+        """The same person's Google Workspace and Entra ID accounts follow the IAM changes."""
+        email, at = self.email_of.get(change.user, change.user), change.at
+        upn = email
+        if change.kind == "create":
+            self.google.add_user(email, created=at, last_login=None)
+            self.google.add_activity("admin", "CREATE_USER", at, email)
+            self.graph.add_user(upn, mail=email, created=at)
+            self.graph.add_audit("Add user", at, upn)
+        elif change.kind in ("disable", "delete"):
+            if self.google.user(email) is None:
+                return
+            if change.kind == "delete":
+                self.google.delete_user(email)
+                self.graph.remove_user(upn)
+            else:
+                self.google.user(email)["suspended"] = True
+                self.graph.set_enabled(upn, False)
+            if change.events:
+                self.google.add_activity("admin", "DELETE_USER" if change.kind == "delete"
+                                         else "SUSPEND_USER", at, email)
+                self.graph.add_audit("Delete user" if change.kind == "delete"
+                                     else "Disable account", at, upn)
+        elif change.kind == "enable":
+            self.google.user(email)["suspended"] = False
+            self.google.add_activity("admin", "UNSUSPEND_USER", at, email)
+            self.graph.set_enabled(upn, True)
+            self.graph.add_audit("Enable account", at, upn)
+        elif change.kind == "login" and self.google.user(email) is not None:
+            self.google.user(email)["lastLoginTime"] = at.astimezone(UTC).strftime(
+                "%Y-%m-%dT%H:%M:%S.000Z")
+            self.google.add_activity("login", "login_success", at, email)
+            self.graph.add_sign_in(upn, at)
+
+    def _apply_aws(self, change: Change) -> None:
         user, at = change.user, change.at
         if change.kind == "create":
+            self.email_of[user] = change.tags.get("email", user)
             tags = [{"Key": k, "Value": v} for k, v in change.tags.items()]
             self.iam.create_user(UserName=user, Tags=tags)
             self._backend.users[user].create_date = at.replace(tzinfo=None)
@@ -341,6 +521,9 @@ class _Emulated:
                 self.iam.update_access_key(UserName=user, AccessKeyId=key["AccessKeyId"],
                                            Status="Active")
             self._event("CreateLoginProfile", at, user)
+        elif change.kind == "grant":
+            self.iam.add_user_to_group(GroupName="admins", UserName=user)
+            self._event("AddUserToGroup", at, user, request_parameters={"groupName": "admins"})
         elif change.kind == "login":
             self._backend.users[user].password_last_used = at.replace(tzinfo=None)
             self._event("ConsoleLogin", at, user)
@@ -356,10 +539,14 @@ def _prepare_out_dir(out_dir: Path) -> None:
 
 
 def run_demo(out_dir: Path, *, echo: Callable[[str], None] = print,
-             today: dt.date | None = None) -> tuple[Path, int]:
-    """Build the organisation, collect once per simulated day, pack the quarter."""
+             today: dt.date | None = None, cadence_days: int = 1) -> tuple[Path, int]:
+    """Build the organisation, collect every ``cadence_days`` simulated days (daily, like the
+    service), pack the quarter."""
     from accessproof_fakes.aws import start_moto
     from accessproof_fakes.cloudtrail import CloudTrailEmulator
+    from accessproof_fakes.google import GoogleEmulator
+    from accessproof_fakes.graph import GraphEmulator
+    from accessproof_fakes.jira import JiraEmulator
     from reports.pack import write_pack
 
     out_dir = Path(out_dir).resolve()
@@ -370,27 +557,45 @@ def run_demo(out_dir: Path, *, echo: Callable[[str], None] = print,
          f"emulators on 127.0.0.1")
 
     saved_env = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                                 "AWS_SESSION_TOKEN", "AWS_PROFILE")}
-    os.environ.update(AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo")
+                                                 "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                                                 "ACCESSPROOF_DEMO_JIRA_TOKEN",
+                                                 "ACCESSPROOF_DEMO_ENTRA_SECRET")}
+    os.environ.update(AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo",
+                      ACCESSPROOF_DEMO_JIRA_TOKEN=JIRA_TOKEN,
+                      ACCESSPROOF_DEMO_ENTRA_SECRET=ENTRA_SECRET)
     os.environ.pop("AWS_SESSION_TOKEN", None)
     os.environ.pop("AWS_PROFILE", None)
     moto, moto_url = start_moto()
     cloudtrail = CloudTrailEmulator().start()
+    jira = JiraEmulator(JIRA_EMAIL, JIRA_TOKEN).start()
+    for key, kind, subject, target, created, approvals, resolved, summary in org.tickets:
+        jira.add_request(key, kind, subject, target, created, summary, approvals, resolved)
+    google = GoogleEmulator(admin=GOOGLE_ADMIN).start()
+    google.write_key(out_dir / "google-service-account.json")
+    # no Entra ID P1 licence: users and directory audits only, the source is degraded
+    graph = GraphEmulator(ENTRA_TENANT, ENTRA_CLIENT, ENTRA_SECRET, premium=False).start()
+    for guest in org.guests:
+        graph.add_guest(guest, created=period.start.to_pydatetime() - dt.timedelta(days=90))
     try:
-        (out_dir / "accessproof.toml").write_text(_config_text(moto_url, cloudtrail.url))
+        (out_dir / "accessproof.toml").write_text(_config_text(moto_url, cloudtrail.url,
+                                                               jira.url, google, graph))
         (out_dir / "service-accounts.toml").write_text(org.allowlist_toml())
         config = load_config(out_dir / "accessproof.toml")
-        world = _Emulated(moto_url, cloudtrail)
+        world = _Emulated(moto_url, cloudtrail, google, graph)
         pending = list(org.changes)
         first = period.start - pd.Timedelta(days=7)
         last = period.end + pd.Timedelta(days=1)
-        days = [first + pd.Timedelta(days=d) for d in range((last - first).days + 1)]
+        days = [first + pd.Timedelta(days=d)
+                for d in range(0, (last - first).days + 1, cadence_days)]
+        if days[-1] != last:
+            days.append(last)             # the snapshot after the period end
         for n, day in enumerate(days):
             now = (day + pd.Timedelta(hours=COLLECT_HOUR)).to_pydatetime()
             while pending and pending[0].at <= now:
                 world.apply(pending.pop(0))
             if (day - period.start).days in OUTAGE_DAYS:
                 continue          # the collector was down: a gap the pack must show
+            google.now = now              # the emulator's 180-day horizon follows the clock
             pd.DataFrame(org.hr_rows(now)).to_csv(out_dir / "hr.csv", index=False)
             outcomes = collect(config, now=now)
             failed = [o for o in outcomes if o.status == "failed"]
@@ -406,6 +611,9 @@ def run_demo(out_dir: Path, *, echo: Callable[[str], None] = print,
                  f"{control.population_size:>4}  exceptions {len(control.exceptions)}")
         return path, evidence.exit_code()
     finally:
+        graph.stop()
+        google.stop()
+        jira.stop()
         cloudtrail.stop()
         moto.stop()
         for key, value in saved_env.items():

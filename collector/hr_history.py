@@ -52,4 +52,11 @@ def role_changes(snapshots: list[Snapshot], start: pd.Timestamp,
         previous, previous_hash = (snap, current), digest
     if not changes:
         return pd.DataFrame(columns=CHANGE_COLUMNS)
-    return pd.concat(changes, ignore_index=True)[CHANGE_COLUMNS]
+    # one change per person and pair of snapshots, however many fields moved together
+    flat = pd.concat(changes, ignore_index=True)
+    grouped = flat.groupby(["person", "lower", "upper"], sort=False).agg(
+        person_id=("person_id", "last"), field=("field", ", ".join),
+        old=("old", lambda v: " / ".join(map(str, v))),
+        new=("new", lambda v: " / ".join(map(str, v)))).reset_index()
+    return grouped.sort_values(["upper", "person"], kind="stable")[CHANGE_COLUMNS] \
+        .reset_index(drop=True)
