@@ -318,14 +318,14 @@ def check(config_path: Path, sources: tuple[str, ...], send_test: bool) -> None:
     from .config import validate_sources
     from .notify import Notice, Notifier
     from .registry import get_integration
-    from .service import jobstore_label, jobstore_url, schedule_triggers
+    from .service import check_jobstore, jobstore_label, schedule_triggers
     from .store import utc_now
     try:
         config = _load(config_path)
         validate_sources(config)
         schedule_triggers(config)
         notifier = Notifier.from_config(config)
-        jobstore_url(config)
+        check_jobstore(config)
         known = ["hr"] + [s.name for s in config.sources]
         for name in sources:
             if name not in known:

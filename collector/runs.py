@@ -185,7 +185,11 @@ class FileLock:
 def service_lock(store_root: Path) -> Iterator[FileLock]:
     """Held by ``serve`` for its lifetime: a second service on the same store is refused."""
     lock = FileLock(Path(store_root) / SERVE_LOCK)
-    if not lock.try_acquire():
+    deadline = time.monotonic() + 1.0     # rides over a `status` probing the lock
+    while not lock.try_acquire():
+        if time.monotonic() < deadline:
+            time.sleep(0.1)
+            continue
         raise BusyError(
             f"another `accessproof serve` is already running on the store {store_root} "
             f"({describe_holder(lock.holder())}); two schedulers on one store would run every "

@@ -126,7 +126,12 @@ class RunResult:
     period: str | None = None
     pack_path: Path | None = None
     error: str | None = None
+    unexpected: bool = False         # failed with an unexpected error (a bug): no exit status
     notify_failures: list[str] = field(default_factory=list)
+
+    @property
+    def recorded_exit_code(self) -> int | None:
+        return None if self.status == "interrupted" or self.unexpected else self.exit_code
 
 
 def _relative(path: Path | None, root: Path) -> str | None:
@@ -246,28 +251,37 @@ class Runner:
                 result.error = str(exc)
                 pending = exc
             except Exception as exc:  # noqa: BLE001 - recorded, then re-raised
-                result.status = "error"
-                result.exit_code = max(result.exit_code, 2)
+                result.status = "error"             # a bug: no exit status of the contract
+                result.unexpected = True
                 result.error = f"unexpected {type(exc).__name__}: {exc}"
                 log.exception("%s run failed unexpectedly", kind)
                 pending = exc
-            with STOP.shielded():
-                if result.run_id is not None:
-                    evidence = result.evidence
-                    history.finish(
-                        result.run_id, status=result.status,
-                        exit_code=None if result.status == "interrupted" else result.exit_code,
-                        error=result.error, period=result.period,
-                        pack_path=str(result.pack_path) if result.pack_path else None,
-                        pack_status=evidence.status if evidence is not None else None,
-                        exceptions=len(evidence.exceptions) if evidence is not None else None)
-                self._log_result(result)
-        if result.status != "interrupted" and (result.pack_path is not None
-                                               or result.exit_code >= 2
-                                               or result.status == "error"):
-            if self.notifier.enabled:
+            # The outcome is decided: a stop signal arriving from here on waits until it is
+            # recorded (and notified), and then only stops the caller — a finished run is
+            # never reported as interrupted (the caller sees STOP.requested).
+            try:
+                with STOP.shielded():
+                    if result.run_id is not None:
+                        evidence = result.evidence
+                        history.finish(
+                            result.run_id, status=result.status,
+                            exit_code=result.recorded_exit_code,
+                            error=result.error, period=result.period,
+                            pack_path=str(result.pack_path) if result.pack_path else None,
+                            pack_status=evidence.status if evidence is not None else None,
+                            exceptions=len(evidence.exceptions) if evidence is not None
+                            else None)
+                    self._log_result(result)
+            except Stopped:
+                pass
+        if result.status != "interrupted" and self.notifier.enabled and (
+                result.pack_path is not None or result.exit_code >= 2
+                or result.status == "error"):
+            try:
                 with STOP.shielded():
                     result.notify_failures = self.notifier.send(summary(result, self.config))
+            except Stopped:
+                pass
         if pending is not None:
             raise pending
         return result
@@ -276,7 +290,8 @@ class Runner:
     def _log_result(result: RunResult) -> None:
         level = logging.INFO if result.status in ("ok", "exceptions") else logging.WARNING
         detail = f", pack {result.pack_path}" if result.pack_path else ""
-        code = "" if result.status == "interrupted" else f" (exit status {result.exit_code})"
+        code = "" if result.recorded_exit_code is None \
+            else f" (exit status {result.exit_code})"
         log.log(level, "%s run #%s finished: %s%s%s%s", result.kind, result.run_id,
                 result.status, code, detail, f": {result.error}" if result.error else "",
                 extra={"run_id": result.run_id, "kind": result.kind, "status": result.status})
@@ -312,8 +327,9 @@ def summary(result: RunResult, config: Config) -> Notice:
                          + (f" - {source.error}" if source.error else ""))
     else:
         subject = f"{result.kind} run failed" + (f": {', '.join(failed)}" if failed else "")
-        lines.append(f"The {result.kind} run #{result.run_id} on {host} failed "
-                     f"({result.status}, exit status {result.exit_code}).")
+        code = result.recorded_exit_code
+        lines.append(f"The {result.kind} run #{result.run_id} on {host} failed ({result.status}"
+                     + (f", exit status {code}" if code is not None else "") + ").")
     if result.outcomes:
         lines.append("Collection:")
         for outcome in result.outcomes:
@@ -365,6 +381,23 @@ def jobstore_url(config: Config) -> str:
         raise ConfigError("is not a database URL (e.g. postgresql+psycopg://user@host/db)",
                           file=str(config.file), section="schedule",
                           key="database_url") from None
+    return url
+
+
+def check_jobstore(config: Config) -> str:
+    """The job store URL, with its database driver importable (no connection is made)."""
+    url = jobstore_url(config)
+    from sqlalchemy import create_engine
+    try:
+        create_engine(url).dispose()
+    except ImportError as exc:
+        raise ConfigError(f"the job store's database driver is not installed ({exc.name}); "
+                          "for PostgreSQL: pip install 'psycopg[binary]' and use "
+                          "postgresql+psycopg://...", file=str(config.file), section="schedule",
+                          key="database_url") from None
+    except Exception:  # noqa: BLE001 - the error text would echo the URL
+        raise ConfigError("is not a usable database URL", file=str(config.file),
+                          section="schedule", key="database_url") from None
     return url
 
 
@@ -489,7 +522,7 @@ class Service:
         self.notifier = Notifier.from_config(self.config)
         self.triggers = schedule_triggers(self.config)
         self.triggers.update(triggers or {})
-        self.url = jobstore_url(self.config)
+        self.url = check_jobstore(self.config)
         self.run_for = run_for
         self.stop_after_runs = stop_after_runs
         self.runs = 0
@@ -537,35 +570,39 @@ class Service:
         from apscheduler.events import (EVENT_JOB_ERROR, EVENT_JOB_EXECUTED,
                                         EVENT_JOB_MAX_INSTANCES, EVENT_JOB_SUBMITTED)
         self.store_root.mkdir(parents=True, exist_ok=True)
-        with service_lock(self.store_root):
-            scheduler = self.scheduler = self.build_scheduler()
-            self.add_jobs(scheduler)
-            scheduler.add_listener(self._after_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR
-                                   | EVENT_JOB_SUBMITTED | EVENT_JOB_MAX_INSTANCES)
-            if self.run_for is not None:
-                from apscheduler.triggers.date import DateTrigger
-                scheduler.add_job(self.request_stop, DateTrigger(
-                    dt.datetime.now(UTC) + dt.timedelta(seconds=self.run_for)),
-                    id="accessproof-stop", jobstore="internal")
-            _active = self
-            log.info("accessproof serve: store %s, job store %s, timezone %s, collect '%s', "
-                     "pack '%s'", self.store_root, jobstore_label(self.config),
-                     self.config.schedule.timezone, self.config.schedule.collect,
-                     self.config.schedule.pack)
+        with service_lock(self.store_root), STOP.installed():
             try:
-                with STOP.installed():
-                    try:
-                        scheduler.start()            # blocks until shut down
-                    except (Stopped, KeyboardInterrupt) as exc:
-                        log.info("stopping (%s)", exc or "interrupt")
-                    finally:
-                        with STOP.shielded():
-                            self._shutdown()
-                            self._reschedule_interrupted()
-                    for kind, when in self._next_runs():
-                        log.info("next %s run: %s", kind, when)
+                scheduler = self.scheduler = self.build_scheduler()
+                self.add_jobs(scheduler)
+                scheduler.add_listener(self._after_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR
+                                       | EVENT_JOB_SUBMITTED | EVENT_JOB_MAX_INSTANCES)
+                if self.run_for is not None:
+                    from apscheduler.triggers.date import DateTrigger
+                    scheduler.add_job(self.request_stop, DateTrigger(
+                        dt.datetime.now(UTC) + dt.timedelta(seconds=self.run_for)),
+                        id="accessproof-stop", jobstore="internal")
+                _active = self
+                log.info("accessproof serve: store %s, job store %s, timezone %s, collect "
+                         "'%s', pack '%s'", self.store_root, jobstore_label(self.config),
+                         self.config.schedule.timezone, self.config.schedule.collect,
+                         self.config.schedule.pack)
+                scheduler.start()            # blocks until shut down
+            except (Stopped, KeyboardInterrupt) as exc:
+                log.info("stopping (%s)", exc or "interrupt")
             finally:
                 _active = None
+                try:
+                    with STOP.shielded():
+                        self._shutdown()
+                        self._reschedule_interrupted()
+                except Stopped:
+                    pass
+            try:
+                with STOP.shielded():
+                    for kind, when in self._next_runs():
+                        log.info("next %s run: %s", kind, when)
+            except Stopped:
+                pass
         log.info("accessproof serve stopped")
         return 0
 
@@ -616,6 +653,10 @@ class Service:
                 self.request_stop()
 
     def _after_event(self, event) -> None:
+        # A stop that hit the executor around (not inside) the job function: keep the run.
+        if isinstance(getattr(event, "exception", None), (Stopped, KeyboardInterrupt)) and \
+                event.job_id in JOB_IDS.values() and event.scheduled_run_time is not None:
+            self.interrupted.setdefault(event.job_id, event.scheduled_run_time)
         if STOP.requested:
             self.request_stop()
 
@@ -758,7 +799,7 @@ def status_report(config: Config, *, limit: int = 10,
                  "latest_error": latest.manifest.get("error") if latest is not None else None,
                  "warnings": []}
 
-        def warn(level: str, message: str) -> None:
+        def warn(level: str, message: str, entry=entry, name=name) -> None:
             entry["warnings"].append(message)
             warnings.append({"level": level, "message": f"{name}: {message}"})
 

@@ -101,7 +101,8 @@ def _options(command: click.Command) -> set[str]:
 
 
 def test_cli_commands():
-    assert {"collect", "pack", "run", "verify", "permissions", "demo"} <= set(cli.commands)
+    assert {"collect", "pack", "run", "verify", "permissions", "demo", "serve", "status",
+            "check"} <= set(cli.commands)
 
 
 @pytest.mark.parametrize("command, options", [
