@@ -110,12 +110,19 @@ def collect(config_path: Path, sources: tuple[str, ...]) -> None:
 @cli.command()
 @config_option
 @click.option("--period", required=True, help="2026-Q1, 2026-03 or 2026-01-01..2026-03-31 (UTC).")
-def pack(config_path: Path, period: str) -> None:
+@click.option("--sample-size", type=click.IntRange(min=0), default=None,
+              help="Items sampled per population (default: [pack] sample_size, else a table "
+                   "by population size).")
+def pack(config_path: Path, period: str, sample_size: int | None) -> None:
     """Judge a period from the stored snapshots and write an evidence pack."""
+    import dataclasses
+
     from .periods import parse_period
     from .service import STOP, Stopped
     try:
         config = _load(config_path)
+        if sample_size is not None:
+            config = dataclasses.replace(config, pack={**config.pack, "sample_size": sample_size})
         label = parse_period(period).label
         with STOP.installed():
             result = _runner(config).pack(label)
@@ -402,12 +409,18 @@ def check(config_path: Path, sources: tuple[str, ...], send_test: bool) -> None:
 @click.argument("pack_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--require-chain", is_flag=True,
               help="Fail when the previous pack of the chain cannot be found.")
-def verify(pack_dir: Path, require_chain: bool) -> None:
-    """Recompute every hash of a pack and check its chain."""
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The Ed25519 public key (PEM) the pack must be signed with.")
+@click.option("--tsa-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Your own PEM root(s) for the RFC 3161 timestamp, instead of the pack's.")
+def verify(pack_dir: Path, require_chain: bool, public_key: Path | None,
+           tsa_ca: Path | None) -> None:
+    """Recompute every hash of a pack; check its chain, signatures and timestamp."""
     from reports.manifest import verify_ok, verify_pack
-    checks = verify_pack(pack_dir, require_chain=require_chain)
+    checks = verify_pack(pack_dir, require_chain=require_chain, public_key=public_key,
+                         tsa_roots=tsa_ca)
     for check in checks:
-        click.echo(f"{'ok  ' if check.ok else 'FAIL'} {check.name:<10} {check.detail}")
+        click.echo(f"{'ok  ' if check.ok else 'FAIL'} {check.name:<13} {check.detail}")
     ok = verify_ok(checks)
     click.echo("verified" if ok else "verification FAILED")
     sys.exit(0 if ok else 1)

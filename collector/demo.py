@@ -605,7 +605,7 @@ def run_demo(out_dir: Path, *, echo: Callable[[str], None] = print,
                 echo(f"demo: collected {day:%Y-%m-%d} ({n + 1}/{len(days)})")
         echo("demo: rendering the pack")
         evidence = build_evidence(config, period)
-        path = write_pack(evidence, config.store_path)
+        path = write_pack(evidence, config.store_path, options=config.pack)
         for control in evidence.controls:
             echo(f"  {control.id:<30} {control.status:<14} population "
                  f"{control.population_size:>4}  exceptions {len(control.exceptions)}")

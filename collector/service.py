@@ -214,7 +214,8 @@ class Runner:
         log.info("judging %s from the stored snapshots", period.label)
         evidence = build_evidence(self.config, period)
         result.evidence = evidence
-        result.pack_path = write_pack(evidence, self.config.store_path)
+        result.pack_path = write_pack(evidence, self.config.store_path,
+                                      options=self.config.pack)
         history.add_sources(result.run_id, [SourceRecord(
             source=s.name, type=s.type, stage="pack", status=s.status, error=s.error,
             records=dict(s.records)) for s in evidence.sources])

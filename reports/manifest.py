@@ -2,11 +2,24 @@
 
 A pack is identified by the SHA-256 of its ``manifest.json``. Each manifest records that hash for
 the pack written before it in the same store, so a pack whose files were edited *and* whose
-manifest was re-hashed to match is still caught: the next pack's chain no longer matches.
+manifest was re-hashed to match is still caught: the next pack's chain no longer matches. When
+the pack is signed, the re-hashed manifest no longer matches its Ed25519 signature either, which
+catches it in the latest pack too.
+
+Beside ``manifest.json`` (and not listed in it, since they are made from it) may stand
+``manifest.sig`` (Ed25519 signature) and ``manifest.tsr`` (RFC 3161 timestamp). Whether they
+must be there is written in the manifest itself (``integrity``), so removing them is caught.
+
+``verify_pack`` returns one ``Check`` per aspect, in this order: ``files`` (every hash, no file
+missing or added, the data-files digest the report prints), ``chain`` (previous pack's manifest
+hash), ``snapshots`` (the snapshot manifests the evidence came from), ``signature`` (Ed25519,
+key pinned or continuous with the previous pack), ``timestamp`` (RFC 3161), ``pdf-signature``
+(PAdES). A check that does not apply holds and says why; the pack verifies when all hold.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -16,10 +29,15 @@ from typing import Any
 from collector.results import Evidence
 from collector.store import hash_tree, iso, sha256_file
 
+from . import signing, timestamp
 from .results_json import jsonable
 
 MANIFEST = "manifest.json"
 PACK_SCHEMA_VERSION = 1
+# made from manifest.json after it is written: beside it, not listed in it
+BESIDE_MANIFEST = frozenset({MANIFEST, signing.SIGNATURE_FILE, timestamp.TOKEN_FILE})
+# the data files whose digest the report prints (everything but the report and integrity files)
+ANNEX_TOP = ("results.json", "exceptions.csv", "samples.csv", "workbook.xlsx")
 _STAMP = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?$")
 
 
@@ -52,16 +70,43 @@ def previous_pack(store_root: Path) -> dict[str, str] | None:
             "manifest_sha256": sha256_file(latest)}
 
 
-def build_manifest(evidence: Evidence, pack_dir: Path, previous: dict | None) -> dict[str, Any]:
+def _is_annex(rel: str) -> bool:
+    return rel in ANNEX_TOP or (rel.startswith("populations/") and rel.endswith(".csv")
+                                and rel.count("/") == 1)
+
+
+def annex_lines(files: dict[str, str]) -> list[tuple[str, str]]:
+    return sorted((rel, digest) for rel, digest in files.items() if _is_annex(rel))
+
+
+def annex_sha256(files: dict[str, str]) -> str:
+    """SHA-256 of ``sha256sum``'s output for the data files, sorted by path."""
+    text = "".join(f"{digest}  {rel}\n" for rel, digest in annex_lines(files))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def annex_digest(pack_dir: Path) -> tuple[str, list[tuple[str, str]]]:
+    files = hash_tree(pack_dir, skip=BESIDE_MANIFEST)
+    return annex_sha256(files), annex_lines(files)
+
+
+def build_manifest(evidence: Evidence, pack_dir: Path, previous: dict | None, *,
+                   pack_id: str | None = None, annex_sha256: str | None = None,
+                   integrity: dict[str, Any] | None = None) -> dict[str, Any]:
     period = evidence.period
+    files = hash_tree(pack_dir, skip=BESIDE_MANIFEST)
     return {
         "schema_version": PACK_SCHEMA_VERSION,
         "kind": "pack",
+        "pack_id": pack_id,
         "tool_version": evidence.tool_version,
         "generated_at": iso(evidence.generated_at),
         "period": {"label": period.label, "start": iso(period.start), "end": iso(period.end)},
         "status": evidence.status,
-        "files": hash_tree(pack_dir, skip={MANIFEST}),
+        "exceptions": len(evidence.exceptions),
+        "files": files,
+        "annex_sha256": annex_sha256,
+        "integrity": integrity or {},
         "snapshots": [
             {"source": ref.source, "path": ref.path, "manifest_sha256": ref.manifest_sha256,
              "started_at": iso(ref.started_at), "finished_at": iso(ref.finished_at),
@@ -89,9 +134,9 @@ def _check_files(pack_dir: Path, manifest: dict) -> Check:
     if not isinstance(listed, dict) or not listed:
         return Check("files", False, "manifest.json lists no files")
     problems = []
-    actual = hash_tree(pack_dir, skip={MANIFEST})
+    actual = hash_tree(pack_dir, skip=BESIDE_MANIFEST)
     for rel, expected in sorted(listed.items()):
-        if _inside(pack_dir, rel) is None or rel == MANIFEST:
+        if _inside(pack_dir, rel) is None or rel in BESIDE_MANIFEST:
             problems.append(f"{rel!r}: not a path inside the pack")
         elif rel not in actual:
             problems.append(f"{rel}: missing")
@@ -99,9 +144,16 @@ def _check_files(pack_dir: Path, manifest: dict) -> Check:
             problems.append(f"{rel}: SHA-256 differs from manifest.json")
     problems += [f"{rel}: present but not listed in manifest.json"
                  for rel in actual if rel not in listed]
+    recorded = manifest.get("annex_sha256")
+    if recorded is not None and not problems and annex_sha256(listed) != recorded:
+        problems.append("the data files digest (printed in the report) differs from "
+                        "manifest.json's annex_sha256")
     if problems:
         return Check("files", False, "; ".join(problems))
-    return Check("files", True, f"{len(listed)} files match manifest.json")
+    identity = f"manifest.json SHA-256 {sha256_file(pack_dir / MANIFEST)}"
+    if manifest.get("pack_id"):
+        identity = f"pack {manifest['pack_id']}, {identity}"
+    return Check("files", True, f"{len(listed)} files match manifest.json ({identity})")
 
 
 def _unfound(name: str, what: str, require_chain: bool) -> Check:
@@ -158,11 +210,121 @@ def _check_snapshots(store_root: Path, manifest: dict, require_chain: bool) -> C
     return Check("snapshots", True, f"{matched} snapshot manifests match")
 
 
-def verify_pack(pack_dir: Path, *, require_chain: bool = False) -> list[Check]:
-    """Recompute every hash of a pack; the store root is ``pack_dir/../../..``."""
+def _previous_manifest(store_root: Path, manifest: dict) -> dict | None:
+    link = manifest.get("previous_pack")
+    if not isinstance(link, dict):
+        return None
+    target = _inside(store_root, link.get("path"))
+    if target is None or not (target / MANIFEST).is_file():
+        return None
+    try:
+        data = json.loads((target / MANIFEST).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if sha256_file(target / MANIFEST) != link.get("manifest_sha256"):
+        return None           # the chain check reports it
+    return data if isinstance(data, dict) else None
+
+
+def _declared(manifest: dict, what: str) -> dict | None:
+    integrity = manifest.get("integrity")
+    value = integrity.get(what) if isinstance(integrity, dict) else None
+    return value if isinstance(value, dict) else None
+
+
+def _check_signature(pack_dir: Path, manifest: dict, manifest_bytes: bytes,
+                     previous: dict | None, public_key: Any) -> Check:
+    declared = _declared(manifest, "signature")
+    sig_path = pack_dir / signing.SIGNATURE_FILE
+    previous_key = (_declared(previous, "signature") or {}).get("public_key_sha256") \
+        if previous else None
+    pinned = None
+    if public_key is not None:
+        try:
+            pinned = signing.fingerprint(signing.load_public_key(public_key))
+        except (OSError, ValueError, TypeError) as exc:
+            return Check("signature", False, f"the key to verify with is not readable: {exc}")
+    if declared is None:
+        if sig_path.exists():
+            return Check("signature", False, f"{signing.SIGNATURE_FILE} is present but "
+                                             "manifest.json declares no signature")
+        if pinned:
+            return Check("signature", False, "pack is not signed, but a signing key was given")
+        if previous_key:
+            return Check("signature", False, "pack is not signed, but the previous pack was "
+                                             f"(key {previous_key[:16]}…): signature removed?")
+        return Check("signature", True, "not signed (no signing_key configured)")
+    expected = declared.get("public_key_sha256")
+    if not isinstance(expected, str):
+        return Check("signature", False, "manifest.json's signature entry names no key")
+    if not sig_path.is_file():
+        return Check("signature", False, f"{signing.SIGNATURE_FILE} is missing")
+    result = signing.check(manifest_bytes, sig_path.read_bytes(), expected)
+    if not result.ok:
+        return Check("signature", False, result.detail)
+    if pinned is not None:
+        if pinned != result.fingerprint:
+            return Check("signature", False, f"signed by key {result.fingerprint}, not by the "
+                                             f"given key {pinned}")
+        return Check("signature", True, result.detail + " (the given key)")
+    if previous_key and previous_key != result.fingerprint:
+        return Check("signature", False, f"signed by key {result.fingerprint[:16]}…, the "
+                                         f"previous pack by {previous_key[:16]}…: key rotated or "
+                                         "pack re-signed; verify with the key you trust")
+    return Check("signature", True, result.detail + (
+        " (the previous pack's key)" if previous_key else
+        " (key not pinned: compare it with yours)"))
+
+
+def _check_timestamp(pack_dir: Path, manifest: dict, manifest_bytes: bytes,
+                     tsa_roots: Any) -> Check:
+    declared = _declared(manifest, "timestamp")
+    token_path = pack_dir / timestamp.TOKEN_FILE
+    if declared is None:
+        if token_path.exists():
+            return Check("timestamp", False, f"{timestamp.TOKEN_FILE} is present but "
+                                             "manifest.json declares no timestamp")
+        return Check("timestamp", True, "no trusted timestamp (no timestamp_url configured)")
+    if not token_path.is_file():
+        return Check("timestamp", False, f"{timestamp.TOKEN_FILE} is missing")
+    if tsa_roots is not None:
+        ca = Path(tsa_roots).read_bytes() if isinstance(tsa_roots, (str, Path)) else tsa_roots
+        roots_from = "the given roots"
+    else:
+        ca_path = pack_dir / str(declared.get("ca_file") or timestamp.CA_FILE)
+        if _inside(pack_dir, declared.get("ca_file") or timestamp.CA_FILE) is None or \
+                not ca_path.is_file():
+            return Check("timestamp", False, "the timestamp authority's roots are missing")
+        ca = ca_path.read_bytes()
+        roots_from = f"{ca_path.name} in the pack"
+    result = timestamp.check(manifest_bytes, token_path.read_bytes(), ca, roots_from)
+    return Check("timestamp", result.ok, result.detail)
+
+
+def _check_pdf_signature(pack_dir: Path, manifest: dict) -> Check:
+    declared = _declared(manifest, "pdf_signature")
+    if declared is None:
+        return Check("pdf-signature", True, "report.pdf not signed (no pdf_signing_key "
+                                            "configured)")
+    pdf = pack_dir / "report.pdf"
+    if not pdf.is_file():
+        return Check("pdf-signature", False, "report.pdf is missing")
+    from .pdfsign import check
+    result = check(pdf.read_bytes(), declared.get("certificate_sha256"))
+    return Check("pdf-signature", result.ok, result.detail)
+
+
+def verify_pack(pack_dir: Path, *, require_chain: bool = False, public_key: Any = None,
+                tsa_roots: Any = None) -> list[Check]:
+    """Recompute every hash of a pack; the store root is ``pack_dir/../../..``.
+
+    ``public_key``: the Ed25519 key the pack must be signed with (PEM file, PEM bytes, or raw
+    key in base64); ``tsa_roots``: PEM roots for the timestamp instead of the pack's own.
+    """
     pack_dir = Path(pack_dir)
     try:
-        manifest = json.loads((pack_dir / MANIFEST).read_bytes())
+        manifest_bytes = (pack_dir / MANIFEST).read_bytes()
+        manifest = json.loads(manifest_bytes)
     except FileNotFoundError:
         return [Check("files", False, f"{pack_dir / MANIFEST} not found")]
     except (OSError, ValueError) as exc:
@@ -170,6 +332,15 @@ def verify_pack(pack_dir: Path, *, require_chain: bool = False) -> list[Check]:
     if not isinstance(manifest, dict) or manifest.get("kind") != "pack":
         return [Check("files", False, "manifest.json is not a pack manifest")]
     store_root = pack_dir.resolve().parent.parent.parent
+    previous = _previous_manifest(store_root, manifest)
     return [_check_files(pack_dir, manifest),
             _check_chain(store_root, manifest, require_chain),
-            _check_snapshots(store_root, manifest, require_chain)]
+            _check_snapshots(store_root, manifest, require_chain),
+            _check_signature(pack_dir, manifest, manifest_bytes, previous, public_key),
+            _check_timestamp(pack_dir, manifest, manifest_bytes, tsa_roots),
+            _check_pdf_signature(pack_dir, manifest)]
+
+
+def manifest_sha256(pack_dir: Path) -> str:
+    """The pack's identity: SHA-256 of its manifest.json."""
+    return sha256_file(Path(pack_dir) / MANIFEST)

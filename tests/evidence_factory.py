@@ -138,11 +138,24 @@ def _terminations(n: int = 6) -> pd.DataFrame:
 
 
 def _deprovisioning_population(n: int) -> pd.DataFrame:
+    """The columns the real control writes (result, hours_to_disable ...) plus a list column."""
     base = _terminations(n)
     base["source"] = ["aws-prod" if i % 2 == 0 else "entra" for i in range(n)]
     base["account"] = base["email"]
-    base["disabled_at"] = base["termination_effective"] + pd.Timedelta(hours=3)
+    hours = [round((i * 7.3) % 40 + 0.5, 2) for i in range(n)]
+    result = ["on_time" if h <= 24 else "disabled_late" for h in hours]
+    for i in range(n):
+        if i % 11 == 10:
+            hours[i], result[i] = None, "still_enabled"
+        elif i % 13 == 12:
+            hours[i], result[i] = None, "disable_time_unknown"
+    base["result"] = result
+    base["hours_to_disable"] = pd.array(hours, dtype="Float64")
+    base["disabled_at"] = [t + pd.Timedelta(hours=h) if h is not None else pd.NaT
+                           for t, h in zip(base["termination_effective"], hours)]
     base["basis"] = "audit event"
+    base["hours_over_sla"] = pd.array([h - 24 if h is not None and h > 24 else None
+                                       for h in hours], dtype="Float64")
     base["groups"] = [["engineering", "vpn"] for _ in range(n)]
     return base
 
@@ -198,7 +211,8 @@ def make_evidence(*, store_root: Path | None = None, extra_exceptions: int = 0,
                 display_name=FORMULA_NAME, evidence="snapshot"),
         Finding("orphaned-accounts", "terminated_before_period", "entra",
                 "gus.lind@corp.onmicrosoft.com", "gus.lind@corp.example", "P-0877",
-                "person left on 2025-11-28; account still enabled at 2026-04-01 02:00 UTC",
+                "person left on 2025-11-28; account still enabled at 2026-04-01 02:00 UTC; "
+                "offboarding ticket https://corp.atlassian.net/browse/OFF-311 still open",
                 display_name="Gus Lind", evidence="snapshot",
                 terminated_at=ts("2025-11-29 05:00")),
     ]
@@ -245,3 +259,193 @@ def make_evidence(*, store_root: Path | None = None, extra_exceptions: int = 0,
         hr_timezone="America/New_York",
         extra_populations={"terminations": _terminations()},
     )
+
+
+# --- scale --------------------------------------------------------------------------------------
+
+def _scale_snapshots(source: str, days: int, start: pd.Timestamp, skip: set[int]) -> list[SnapshotRef]:
+    refs = []
+    for day in range(days):
+        if day in skip:
+            continue
+        started = start + pd.Timedelta(days=day, hours=2)
+        digest = hashlib.sha256(f"{source} {day}".encode()).hexdigest()
+        refs.append(SnapshotRef(source, f"snapshots/{source}/{started.strftime('%Y%m%dT%H%M%S%fZ')}",
+                                digest, started, started + pd.Timedelta(minutes=4, seconds=7),
+                                "ok"))
+    return refs
+
+
+def make_scale_evidence(*, exceptions: int = 3000, people: int = 100_000, days: int = 90,
+                        seed: int = 7) -> Evidence:
+    """The benchmark organisation as judged evidence: ``people`` people, 1.1 accounts each,
+    ``days`` daily snapshots of HR and AWS, 3 % leavers, and ``exceptions`` exceptions spread
+    over four controls (40 % deprovisioning, 35 % orphaned accounts, 15 % provisioning,
+    10 % sign-in after termination). Built vectorised: seconds for 100,000 people."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    period = parse_period("2026-Q1")
+    start = period.start
+    generated_at = dt.datetime(2026, 4, 1, 6, 0, tzinfo=UTC)
+    ids = np.arange(people)
+    emails = np.array([f"user{i:06d}@corp.example" for i in ids], dtype=object)
+    admins = ids[ids % 10 == 3]
+    n_acc = people + len(admins)
+    acc_owner = np.concatenate([ids, admins])
+    acc_login = np.concatenate([emails, np.array([f"adm-{i:06d}" for i in admins], dtype=object)])
+
+    n_dep = int(exceptions * 0.40)
+    n_orph = int(exceptions * 0.35)
+    n_prov = int(exceptions * 0.15)
+    n_login = exceptions - n_dep - n_orph - n_prov
+
+    # leavers: 3 % of people, their accounts are the deprovisioning population
+    leavers = np.sort(rng.choice(people, max(int(people * 0.03), n_dep, n_login, 1),
+                                 replace=False))
+    leave_acc = np.flatnonzero(np.isin(acc_owner, leavers))
+    term = start + pd.to_timedelta(rng.integers(0, days - 2, len(leave_acc)), unit="D") \
+        + pd.Timedelta(hours=5)
+    hours = rng.gamma(2.0, 4.0, len(leave_acc)).round(2)
+    result = np.where(hours <= 24, "on_time", "disabled_late").astype(object)
+    late_idx = np.arange(n_dep)                   # the first n_dep items are the exceptions
+    hours[late_idx] = (rng.uniform(25, 120, n_dep)).round(2)
+    result[late_idx] = "disabled_late"
+    still = late_idx[::7]
+    result[still] = "still_enabled"
+    hours_f = pd.array(np.where(result == "still_enabled", np.nan, hours), dtype="Float64")
+    owners = acc_owner[leave_acc]
+    dep_pop = pd.DataFrame({
+        "person_id": [f"P{o:06d}" for o in owners], "email": emails[owners],
+        "name": [f"Person {o}" for o in owners], "worker_type": "employee",
+        "terminated_on": [t.date() for t in term], "termination_effective": term,
+        "source": "aws-prod", "account": acc_login[leave_acc], "display_name": acc_login[leave_acc],
+        "result": result, "disabled": "", "basis": "audit event",
+        "hours_to_disable": hours_f,
+        "hours_over_sla": pd.array(np.where(hours > 24, hours - 24, np.nan), dtype="Float64")})
+    dep_findings = [
+        Finding("deprovisioning-timely", r, "aws-prod", a, e, p,
+                "account enabled in the latest snapshot (2026-04-01 02:00 UTC)" if r == "still_enabled"
+                else f"access key deactivated {h:.1f} h after termination (SLA 24 h)",
+                display_name=f"Person {p[1:]}", evidence="snapshot" if r == "still_enabled"
+                else "audit event", terminated_at=t,
+                disabled_at=None if r == "still_enabled" else t + pd.Timedelta(hours=float(h)),
+                hours_over_sla=round(float(h) - 24, 2))
+        for r, a, e, p, t, h in zip(result[:n_dep], acc_login[leave_acc][:n_dep],
+                                    emails[owners][:n_dep],
+                                    [f"P{o:06d}" for o in owners[:n_dep]], term[:n_dep],
+                                    hours[:n_dep])]
+
+    login_pop = dep_pop[["person_id", "email", "name", "worker_type", "termination_effective",
+                         "source", "account", "display_name"]].copy()
+    login_pop["result"] = "no_login"
+    login_pop.loc[login_pop.index[:n_login], "result"] = "login_after_termination"
+    login_pop["evidence"] = "audit events"
+    login_findings = [
+        Finding("no-access-after-termination", "login_after_termination", "aws-prod", a, e, p,
+                f"ConsoleLogin success at {t + pd.Timedelta(minutes=30):%Y-%m-%d %H:%M} UTC, "
+                "30 minutes after termination", display_name=f"Person {p[1:]}",
+                evidence="audit event", terminated_at=t)
+        for a, e, p, t in zip(login_pop["account"][:n_login], login_pop["email"][:n_login],
+                              login_pop["person_id"][:n_login],
+                              login_pop["termination_effective"][:n_login])]
+
+    # orphaned accounts: every enabled account at the period end, plus the planted orphans
+    enabled = ~np.isin(acc_owner, leavers)
+    orph_login = np.array([f"orphan-{i:05d}" for i in range(n_orph)], dtype=object)
+    orph_pop = pd.DataFrame({
+        "source": "aws-prod", "instance": "123456789012",
+        "account": np.concatenate([acc_login[enabled], orph_login]),
+        "display_name": np.concatenate([acc_login[enabled], orph_login]),
+        "email": np.concatenate([emails[acc_owner[enabled]], [None] * n_orph]),
+        "kind": "human", "privileged": np.concatenate([acc_owner[enabled] % 50 == 0,
+                                                        np.zeros(n_orph, bool)]),
+        "as_of": pd.Timestamp("2026-04-01T02:00Z"),
+        "linked_person": np.concatenate([emails[acc_owner[enabled]], [None] * n_orph]),
+        "result": np.concatenate([np.full(enabled.sum(), "ok", dtype=object),
+                                  np.full(n_orph, "no_hr_record", dtype=object)])})
+    orph_findings = [Finding("orphaned-accounts", "no_hr_record", "aws-prod", a, None, None,
+                             "enabled IAM user with a console password and no matching HR "
+                             "record", display_name=FORMULA_NAME if i == 0 else a,
+                             evidence="snapshot")
+                     for i, a in enumerate(orph_login)]
+
+    # provisioning: accounts created in the period, some without a ticket
+    n_new = max(int(people * 0.02), n_prov)
+    created = start + pd.to_timedelta(rng.integers(0, days * 24, n_new), unit="h")
+    prov_pop = pd.DataFrame({
+        "source": "aws-prod", "account": [f"new{i:05d}@corp.example" for i in range(n_new)],
+        "email": [f"new{i:05d}@corp.example" for i in range(n_new)],
+        "display_name": [f"New {i}" for i in range(n_new)], "kind": "human",
+        "created": [f"{c:%Y-%m-%d %H:%M} UTC (audit event)" for c in created],
+        "created_lower": created, "created_upper": created, "basis": "audit event",
+        "ticket": [f"ACCESS-{1000 + i}" for i in range(n_new)],
+        "ticket_url": [f"https://corp.atlassian.net/browse/ACCESS-{1000 + i}" for i in range(n_new)],
+        "result": "approved"})
+    prov_pop.loc[prov_pop.index[:n_prov], ["ticket", "ticket_url", "result"]] = \
+        [None, None, "no_ticket"]
+    prov_findings = [Finding("provisioning-approved", "no_ticket", "aws-prod", a, a, None,
+                             "no access request ticket for this creation; nearest: "
+                             f"https://corp.atlassian.net/browse/ACCESS-{900 + i}",
+                             display_name=f"New {i}", evidence="audit event")
+                     for i, a in enumerate(prov_pop["account"][:n_prov])]
+
+    hr_cols = {"person_id": [f"P{i:06d}" for i in leavers], "email": emails[leavers],
+               "name": [f"Person {i}" for i in leavers], "department": "Engineering",
+               "title": "Engineer", "worker_type": "employee",
+               "hired_on": dt.date(2021, 3, 1),
+               "terminated_on": [(start + pd.Timedelta(days=int(d))).date()
+                                 for d in rng.integers(0, days, len(leavers))]}
+    extra = {"hr-terminations": pd.DataFrame(hr_cols),
+             "hr-new-hires": pd.DataFrame({"person_id": [f"N{i:05d}" for i in range(n_new)],
+                                           "email": prov_pop["email"], "hired_on":
+                                           [c.date() for c in created]})}
+
+    def control(cid, title, desc, pop, findings):
+        return ControlResult(id=cid, title=title, description=desc, complete=True,
+                             limitations=[], population=pop, exceptions=findings)
+
+    controls = [
+        control("provisioning-approved", "Accounts created only after an approved access request",
+                "Every human account created in the period is backed by an access-request "
+                "ticket approved before the account was created.", prov_pop, prov_findings),
+        control("deprovisioning-timely", "Leavers' accounts disabled within the SLA",
+                "For every termination effective in the period and every account linked to the "
+                "person, the account is disabled no later than the SLA after the termination.",
+                dep_pop, dep_findings),
+        control("no-access-after-termination", "No sign-in after termination",
+                "No linked account of a terminated person signed in after the termination.",
+                login_pop, login_findings),
+        control("orphaned-accounts", "No enabled account without a current HR record",
+                "Every account enabled at the period end belongs to a current employee or is "
+                "an allowlisted service account.", orph_pop, orph_findings),
+    ]
+    hr = SourceReport("hr", "csv", "ok", None, [], start - pd.Timedelta(days=1),
+                      period.end + pd.Timedelta(hours=2), {"people": people},
+                      _scale_snapshots("hr", days + 1, start, set()), [],
+                      {"principal": "accessproof@collector", "instances": ["hr.csv"],
+                       "tool_version": "0.1.0"})
+    aws = SourceReport("aws-prod", "aws_iam", "ok", None, [], start - pd.Timedelta(days=88),
+                       period.end + pd.Timedelta(hours=2),
+                       {"accounts": n_acc, "events": 2000 * days},
+                       _scale_snapshots("aws-prod", days + 1, start, {40, 41, 42}),
+                       [{"start": start + pd.Timedelta(days=39, hours=2),
+                         "end": start + pd.Timedelta(days=43, hours=2), "days": 4.0,
+                         "unrecoverable": False, "note": "bridged by the stored audit events"}],
+                       {"principal": "arn:aws:iam::123456789012:user/bench",
+                        "instances": ["123456789012"],
+                        "window": {"start": "2026-03-31T01:00:00Z", "end": "2026-04-01T02:00:00Z"},
+                        "requests": {"iam.GetAccountAuthorizationDetails": {
+                            "endpoint": "https://iam.amazonaws.com/",
+                            "parameters": {"Filter": ["User"]}, "pages": n_acc // 1000 + 1,
+                            "records": n_acc}},
+                        "tool_version": "0.1.0"},
+                       log_retention_days=90)
+    return Evidence(
+        period=period, generated_at=generated_at,
+        judged_until=period.judged_until(generated_at), tool_version="0.1.0",
+        sources=[hr, aws], controls=controls,
+        policy={"deprovision_sla_hours": 24.0, "login_grace_minutes": 0.0,
+                "approval_grace_minutes": 0.0, "inactive_days": 90},
+        config_digest={"sha256": "0" * 64, "config": {}}, hr_timezone="UTC",
+        extra_populations=extra)

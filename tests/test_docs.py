@@ -44,3 +44,10 @@ def test_readme_quick_start_is_make_demo_and_make_test():
     readme = (ROOT / "README.md").read_text()
     quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     assert "make demo" in quick and "make test" in quick
+
+
+def test_every_pack_option_is_documented():
+    from reports.options import KNOWN_KEYS
+    text = EXAMPLE.read_text()
+    for key in KNOWN_KEYS:
+        assert re.search(rf"^#? ?{key} = ", text, re.M), f"[pack] {key} undocumented"

@@ -3,10 +3,13 @@ or become spreadsheet formulas. Each guard has a control case showing the test w
 
 from __future__ import annotations
 
+import base64
 import csv
+import hashlib
 import io
 import re
 import threading
+from html import unescape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -18,7 +21,7 @@ from weasyprint.urls import URLFetcher
 
 from evidence_factory import (ATTACHMENT_NAME, FORMULA_NAME, FORMULA_PERSON, SCRIPT_NAME,
                               make_evidence)
-from reports.html import environment, render_report
+from reports.html import environment, render_report, script
 from reports.pdf import PackageOnlyFetcher, render_pdf
 from reports.tables import neutralise, write_exceptions, write_frame
 
@@ -33,12 +36,37 @@ def html():
 
 # --- HTML ---------------------------------------------------------------------------------------
 
-def test_display_names_are_escaped(html):
+def without_own_script(html: str) -> str:
+    """The report with its one packaged inline script removed (after checking it is that)."""
+    js, _ = script()
+    blocks = re.findall(r"<script\b[^>]*>(.*?)</script>", html, re.S | re.I)
+    assert blocks == [str(js)], "exactly one script element, the packaged one"
+    return html.replace(f"<script>{js}</script>", "")
+
+
+@pytest.mark.parametrize("target", ["html", "pdf"])
+def test_display_names_are_escaped(target):
+    html = render_report(make_evidence(), target=target)
     text = html.replace("<wbr>", "")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "&lt;link rel=&#34;attachment&#34; href=&#34;file:///etc/passwd&#34;&gt;" in text
     assert SCRIPT_NAME not in text and ATTACHMENT_NAME not in text
-    assert not re.search(r"<\s*(script|link|img|iframe|object|embed)\b", html, re.I)
+    rest = without_own_script(html) if target == "html" else html
+    assert not re.search(r"<\s*(script|link|img|iframe|object|embed|style\s+src)\b", rest[
+        rest.index("</head>"):], re.I)
+
+
+def test_script_is_allowed_by_its_hash_and_nothing_else_is():
+    html = render_report(make_evidence())
+    js, source = script()
+    csp = unescape(re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]+)">',
+                             html)[1])
+    policy = dict(part.strip().split(" ", 1) for part in csp.split(";"))
+    assert policy["default-src"] == "'none'"
+    assert policy["script-src"] == source == \
+        f"'sha256-{base64.b64encode(hashlib.sha256(str(js).encode()).digest()).decode()}'"
+    assert policy["img-src"] == "data:" and "connect-src" not in policy   # default: none
+    assert "<script" not in render_report(make_evidence(), target="pdf")
 
 
 def test_environment_autoescapes_and_is_strict():
@@ -66,11 +94,20 @@ def test_url_attribute_check_sees_external_urls():
         "http://e.example/a", "file:///etc"]
 
 
+TICKET_LINK = re.compile(r'<a class="ticket" href="(https?://[^"]+)" rel="noopener noreferrer '
+                         r'nofollow" target="_blank">')
+
+
 def test_report_html_is_self_contained(html):
     refs = url_attributes(html)
     assert refs, "the check itself must see the report's internal links"
-    assert all(ref.startswith(("#", "data:")) for ref in refs), refs
-    assert not re.search(r"url\(\s*['\"]?(?!data:)", html)
+    tickets = TICKET_LINK.findall(html)
+    assert tickets == ["https://corp.atlassian.net/browse/OFF-311"]
+    # a ticket link is navigation on click, never fetched; every other reference is inside
+    assert all(ref.startswith(("#", "data:")) or ref in tickets for ref in refs), refs
+    svg_refs = re.findall(r'xlink:href="([^"]*)"', html)
+    assert svg_refs and all(ref.startswith("#") for ref in svg_refs)
+    assert not re.search(r"url\(\s*['\"]?(?!data:|#)", html)
     assert "@import" not in html
 
 

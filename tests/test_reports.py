@@ -13,6 +13,7 @@ from pypdf import PdfReader
 from collector.results import Finding
 from collector.store import sha256_file
 from evidence_factory import make_evidence
+from reports import html as html_module
 from reports import pack as pack_module
 from reports.html import render_report
 from reports.manifest import verify_ok, verify_pack
@@ -24,6 +25,7 @@ from reports.tables import EXCEPTION_COLUMNS
 ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 PACK_FILES = {
     "report.html", "report.pdf", "results.json", "exceptions.csv", "manifest.json",
+    "samples.csv", "workbook.xlsx",
     "populations/deprovisioning-timely.csv", "populations/no-access-after-termination.csv",
     "populations/orphaned-accounts.csv", "populations/orphaned-accounts-excluded.csv",
     "populations/terminations.csv",
@@ -47,8 +49,17 @@ def pack(evidence, store):
 
 @pytest.fixture
 def fast_pdf(monkeypatch):
-    """For tests about naming and atomicity, where the PDF's content does not matter."""
+    """For tests about naming and atomicity, where the report's content does not matter."""
     monkeypatch.setattr(pack_module, "render_pdf", lambda html: b"%PDF-1.7 stub\n")
+    monkeypatch.setattr(pack_module, "render_report",
+                        lambda evidence, target, context: f"<p>{context.pack_id}</p>")
+
+
+def controls_only(html: str) -> str:
+    """The report's head and its controls chapter: what a test of that chapter's printing
+    needs, at a fraction of the whole report's rendering time."""
+    body = re.search(r'<section id="controls".*?\n</section>\n', html, re.S).group(0)
+    return html[:html.index("<body")] + "<body>" + body + "</body></html>"
 
 
 def files_of(pack_dir):
@@ -66,6 +77,10 @@ def test_pack_is_written_under_period_and_timestamp(pack, store):
     assert pack == store / "packs" / "2026-Q1" / "20260402T060000Z"
     assert files_of(pack) == PACK_FILES
     assert not [p for p in (store / ".tmp").iterdir() if p.name.startswith("pack-")]
+    # beside the directory, outside what the manifest hashes: the zip and the index
+    assert (store / "packs" / "2026-Q1" / "20260402T060000Z.zip").is_file()
+    assert (store / "packs" / "index.html").is_file()
+    assert not [p for p in (store / "packs").rglob(".*")]        # no temporary files left
 
 
 def test_manifest_records_files_snapshots_and_config(pack, evidence):
@@ -76,6 +91,10 @@ def test_manifest_records_files_snapshots_and_config(pack, evidence):
     assert manifest["period"] == {"label": "2026-Q1", "start": "2026-01-01T00:00:00Z",
                                   "end": "2026-04-01T00:00:00Z"}
     assert manifest["status"] == "incomplete"
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}",
+                        manifest["pack_id"])
+    assert manifest["exceptions"] == 5
+    assert manifest["integrity"] == {}            # no signing options
     assert list(manifest["files"]) == sorted(PACK_FILES - {"manifest.json"})
     for rel, digest in manifest["files"].items():
         assert sha256_file(pack / rel) == digest
@@ -255,21 +274,27 @@ def test_report_says_period_in_progress():
 
 
 def test_report_size_grows_with_exceptions_not_population():
-    base = len(render_report(make_evidence(population=40)))
-    big_population = len(render_report(make_evidence(population=20_000)))
-    more_exceptions = len(render_report(make_evidence(extra_exceptions=50)))
-    assert abs(big_population - base) < 100     # only the counts' digits differ
+    """Populations are counted and sampled (at most 40 rows each), never listed: a population
+    ten times larger changes the report by the digits of its counts and its sample rows."""
+    def size(**kw):
+        return len(render_report(make_evidence(**kw), target="pdf"))
+    base = size(population=2_000)
+    big_population = size(population=20_000)
+    more_exceptions = size(population=2_000, extra_exceptions=50)
+    assert abs(big_population - base) < 0.05 * base
     assert more_exceptions - base > 50 * 300    # a table row per exception
 
 
 def test_report_pdf(pack):
     reader = PdfReader(io.BytesIO((pack / "report.pdf").read_bytes()))
     pages = [p.extract_text() for p in reader.pages]
-    assert 3 <= len(pages) <= 12
+    assert 6 <= len(pages) <= 20
     assert "Access provisioning and deprovisioning" in pages[0]
     assert f"Page 1 of {len(pages)}" in pages[0]
     assert f"Page {len(pages)} of {len(pages)}" in pages[-1]
-    assert all("Period 2026-Q1" in text for text in pages[1:])   # running header
+    pack_id = json.loads((pack / "manifest.json").read_text())["pack_id"]
+    assert pack_id in pages[0]
+    assert all(f"Period 2026-Q1 · pack {pack_id}" in text for text in pages[1:])  # header
     everything = "\n".join(pages)
     assert "deprovisioning-timely" in everything and "Appendix A" in everything
     # the controls chapter is landscape for its ten-column exception tables
@@ -279,9 +304,101 @@ def test_report_pdf(pack):
 
 def test_report_pdf_repeats_table_headers():
     many = make_evidence(extra_exceptions=30)
-    reader = PdfReader(io.BytesIO(render_pdf(render_report(many))))
+    reader = PdfReader(io.BytesIO(render_pdf(controls_only(render_report(many, target="pdf")))))
     with_header = [p for p in reader.pages if "Person / email" in p.extract_text()]
     assert len(with_header) >= 3
+
+
+def test_long_exception_lists_print_as_a_listing(monkeypatch):
+    """Above TABLE_LIMIT rows a control's exceptions are a fixed-width listing (few boxes for
+    WeasyPrint); every exception is still there, the header repeats, the HTML keeps its table."""
+    monkeypatch.setattr(html_module, "TABLE_LIMIT", 10)
+    ev = make_evidence(extra_exceptions=120)
+    text = render_report(ev, target="pdf")
+    assert 'class="listing" id="exceptions-deprovisioning-timely"' in text
+    assert 'class="grid exceptions" id="exceptions-orphaned-accounts"' in text  # 2 rows: table
+    reader = PdfReader(io.BytesIO(render_pdf(controls_only(text))))
+    pages = [p.extract_text() for p in reader.pages]
+    listing = [t for t in pages if "Person / email" in t and "Over SLA h" in t]
+    assert len(listing) >= 2                         # header on every page of the listing
+    everything = "\n".join(pages)
+    for i in (0, 57, 119):
+        assert f"user{i}@corp.example" in everything
+    assert "+28.5" in everything and "≤ 2026-02-21 02:00" in everything
+    html = render_report(ev)
+    assert html.count("<tr>") > 123 and 'class="listing"' not in html
+
+
+def test_listing_keeps_columns_aligned():
+    rows = html_module.exception_rows(make_evidence(extra_exceptions=20).controls[0].exceptions)
+    listing = html_module.compact_listing(rows)
+    lines = [line for group in listing["groups"] for line in group.split("\n")]
+    assert len(lines) == len(rows) == 23
+    assert all(len(line) <= html_module.LISTING_WIDTH for line in lines)
+    col = listing["header"].index("Reason")
+    assert all(line[col:].startswith(r["reason"][:20]) for line, r in zip(lines, rows))
+
+
+def test_ticket_links_are_links():
+    html = render_report(make_evidence())
+    assert ('href="https://corp.atlassian.net/browse/OFF-311" rel="noopener noreferrer '
+            'nofollow"') in html
+    f = make_evidence().exceptions[0]
+    f.detail = "see javascript:alert(1) and https://x.example/a b"
+    assert html_module.finding_link(f) == "https://x.example/a"
+    f.detail = 'ticket "https://x.example/" onclick="x"'
+    assert html_module.finding_link(f) == "https://x.example/"
+    f.detail, f.evidence = "javascript://x.example/%0Aalert(1)", None
+    assert html_module.finding_link(f) is None
+
+
+def test_samples_charts_and_snapshot_hashes(pack):
+    html = (pack / "report.html").read_text()
+    manifest = json.loads((pack / "manifest.json").read_text())
+    samples = read_csv(pack / "samples.csv")
+    assert samples[0] == ["population", "row", "draw", "sample_size", "population_size",
+                          "seed", "size_from"]
+    sizes = {}
+    for row in samples[1:]:
+        sizes[row[0]] = sizes.get(row[0], 0) + 1
+    # the default table: 10 rows → 3 (5-12), 40 → 10 (13-52), 6 → 3
+    assert sizes == {"deprovisioning-timely": 3, "no-access-after-termination": 3,
+                     "orphaned-accounts": 10, "terminations": 3}
+    assert {row[5] for row in samples[1:]} == {manifest["pack_id"]}   # seed: the pack id
+    assert 'id="population-orphaned-accounts"' in html
+    assert 'aria-labelledby="coverage-title"' in html
+    assert 'aria-labelledby="latency-title"' in html
+    for ref in manifest["snapshots"]:        # every snapshot hash, in the compact listing
+        assert ref["manifest_sha256"] in html
+    assert manifest["annex_sha256"] in html
+
+
+def test_entity_paper_and_sample_options(tmp_path, monkeypatch):
+    monkeypatch.setattr(pack_module, "render_pdf", lambda html: b"%PDF-1.7 stub\n")
+    out = write_pack(make_evidence(), tmp_path, options={
+        "entity": "Northwind Traders, Inc.", "paper": "a4", "sample_size": 2,
+        "sample_seed": 42})
+    html = (out / "report.html").read_text()
+    assert "Northwind Traders, Inc." in html and "size: A4" in html
+    rows = read_csv(out / "samples.csv")[1:]
+    assert {r[3] for r in rows} == {"2"} and {r[5] for r in rows} == {"42"}
+
+
+@pytest.mark.parametrize("options, key", [
+    ({"colour": "blue"}, "colour"), ({"paper": "legal"}, "paper"),
+    ({"sample_size": -1}, "sample_size"), ({"sample_size": {"default": "x"}}, "sample_size"),
+    ({"timestamp_url": "ftp://tsa"}, "timestamp_url"),
+    ({"timestamp_url": "http://tsa.example/"}, "timestamp_ca_bundle"),
+    ({"timestamp_url": "http://tsa.example/", "timestamp_ca_bundle": "ca.pem"},
+     "timestamp_ca_bundle"),
+    ({"signing_key": "/etc/key.pem"}, "signing_key"),
+    ({"zip": "yes"}, "zip"),
+])
+def test_bad_pack_options_name_the_key(tmp_path, options, key):
+    from collector.errors import ConfigError
+    with pytest.raises(ConfigError, match=rf"\[pack\] key '{key}"):
+        write_pack(make_evidence(), tmp_path, options=options)
+    assert not list(tmp_path.glob("packs/*/*"))
 
 
 def test_failed_source_is_stated_on_the_cover():

@@ -10,7 +10,8 @@ import shutil
 import pytest
 
 from evidence_factory import make_evidence
-from reports.manifest import Check, verify_ok, verify_pack
+from reports.manifest import Check, annex_sha256, verify_ok, verify_pack
+from reports import pack as pack_module
 from reports.pack import write_pack
 
 UTC = dt.timezone.utc
@@ -21,9 +22,11 @@ def pristine(tmp_path_factory):
     """A store with snapshots and two chained packs; tests work on copies of it."""
     root = tmp_path_factory.mktemp("pristine")
     ev = make_evidence(store_root=root)
-    first = write_pack(ev, root)
-    ev.generated_at = dt.datetime(2026, 4, 3, 6, 0, tzinfo=UTC)
-    second = write_pack(ev, root)
+    with pytest.MonkeyPatch.context() as mp:   # hashes are what matters here, not the layout
+        mp.setattr(pack_module, "render_pdf", lambda html: b"%PDF-1.7 stub\n%%EOF\n")
+        first = write_pack(ev, root)
+        ev.generated_at = dt.datetime(2026, 4, 3, 6, 0, tzinfo=UTC)
+        second = write_pack(ev, root)
     return root, first.relative_to(root), second.relative_to(root)
 
 
@@ -54,7 +57,13 @@ def test_fresh_packs_verify(store):
     _, first, second = store
     checks = by_name(verify_pack(first))
     assert verify_ok(list(checks.values())), checks
-    assert checks["files"].detail == "9 files match manifest.json"
+    manifest = json.loads((first / "manifest.json").read_text())
+    assert checks["files"].detail == (
+        f"11 files match manifest.json (pack {manifest['pack_id']}, manifest.json SHA-256 "
+        f"{hashlib.sha256((first / 'manifest.json').read_bytes()).hexdigest()})")
+    assert [c.name for c in checks.values()] == ["files", "chain", "snapshots", "signature",
+                                                 "timestamp", "pdf-signature"]
+    assert checks["signature"].detail == "not signed (no signing_key configured)"
     assert "no previous pack" in checks["chain"].detail
     assert checks["snapshots"].detail == "8 snapshot manifests match"
     checks = by_name(verify_pack(second, require_chain=True))
@@ -65,7 +74,7 @@ def test_fresh_packs_verify(store):
 def test_one_changed_byte_in_any_file_fails(store):
     _, first, _ = store
     files = [p for p in pack_files(first) if p.name != "manifest.json"]
-    assert len(files) == 9
+    assert len(files) == 11
     for path in files:
         original = path.read_bytes()
         flip_byte(path)
@@ -116,6 +125,7 @@ def test_rehashed_manifest_is_caught_by_the_next_pack(store):
     target.write_text(target.read_text().replace("disabled_late", "disabled_ok__"))
     manifest = json.loads((first / "manifest.json").read_text())
     manifest["files"]["exceptions.csv"] = hashlib.sha256(target.read_bytes()).hexdigest()
+    manifest["annex_sha256"] = annex_sha256(manifest["files"])
     (first / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
     assert verify_ok(verify_pack(first))      # a re-hashed pack is consistent on its own...
@@ -168,6 +178,29 @@ def test_paths_outside_the_pack_or_store_are_refused(store):
     manifest["previous_pack"]["path"] = "../../etc"
     (second / "manifest.json").write_text(json.dumps(manifest))
     assert not by_name(verify_pack(second))["chain"].ok
+
+
+def test_changed_data_file_without_its_digest_fails(store):
+    """Re-hashing a data file in the manifest without its data-files digest (the one the report
+    prints) is caught by the files check itself."""
+    _, first, _ = store
+    target = first / "samples.csv"
+    target.write_text(target.read_text() + "orphaned-accounts,1,99,1,1,x,y\n")
+    manifest = json.loads((first / "manifest.json").read_text())
+    manifest["files"]["samples.csv"] = hashlib.sha256(target.read_bytes()).hexdigest()
+    (first / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    checks = by_name(verify_pack(first))
+    assert not checks["files"].ok and "digest" in checks["files"].detail
+
+
+def test_unexpected_signature_or_timestamp_file_fails(store):
+    _, first, _ = store
+    (first / "manifest.sig").write_text("{}")
+    (first / "manifest.tsr").write_bytes(b"0")
+    checks = by_name(verify_pack(first))
+    assert checks["files"].ok
+    assert not checks["signature"].ok and "declares no signature" in checks["signature"].detail
+    assert not checks["timestamp"].ok
 
 
 def test_verify_ok_needs_every_check():
