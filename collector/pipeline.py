@@ -191,24 +191,36 @@ def _latest_tickets(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _gaps(snapshots: list[Snapshot], period: Period, until: pd.Timestamp,
-          timeline: SourceTimeline | None, retention: int | None) -> list[dict]:
+          timeline: SourceTimeline | None, retention: int | None, *, hr: bool) -> list[dict]:
+    """Stretches between collections longer than the source's usual cadence (and than 36 h).
+
+    Unrecoverable only for an audit-log source whose stored events do not bridge the stretch;
+    HR changes in a gap are bounded by the snapshots around it, and a source that keeps its
+    records (tickets) is re-read from the previous collection on."""
     times = [s.started_at for s in snapshots]
+    intervals = pd.Series(times).diff().dropna()
+    threshold = max(GAP_THRESHOLD, 1.5 * intervals.median()) if len(intervals) else GAP_THRESHOLD
     points = [period.start] + [t for t in times if period.start < t < until] + [until]
     if times and times[0] <= period.start:
         points[0] = max(t for t in times if t <= period.start)
     gaps = []
     for start, end in zip(points, points[1:]):
-        if end - start > GAP_THRESHOLD:
-            covered = timeline is not None and retention is not None and \
-                timeline.events_cover(start, end)
-            gaps.append({"start": start, "end": end,
-                         "days": round((end - start).total_seconds() / 86400, 1),
-                         "unrecoverable": not covered,
-                         "note": ("bridged by the stored audit events" if covered else
-                                  "no snapshot and no stored audit events: what changed in "
-                                  "this stretch can no longer be recovered"
-                                  if retention is not None else
-                                  "no snapshot: changes in this stretch are bounded only")})
+        if end - start <= threshold:
+            continue
+        covered = timeline is not None and retention is not None and \
+            timeline.events_cover(start, end)
+        if retention is None:
+            note = ("no HR snapshot: joiners, leavers and movers in this stretch are bounded by "
+                    "the snapshots around it" if hr else
+                    "the source keeps its records: the next collection read this stretch")
+        elif covered:
+            note = "bridged by the stored audit events"
+        else:
+            note = ("no snapshot and no stored audit events: what changed in this stretch can "
+                    "no longer be recovered")
+        gaps.append({"start": start, "end": end,
+                     "days": round((end - start).total_seconds() / 86400, 1),
+                     "unrecoverable": retention is not None and not covered, "note": note})
     return gaps
 
 
@@ -234,7 +246,7 @@ def _source_report(name: str, type_name: str, good: list[Snapshot], latest: Snap
         records={t: v["records"] for t, v in manifest.get("tables", {}).items()},
         snapshots=[SnapshotRef(name, str(s.path.relative_to(store_root)), s.manifest_sha256,
                                s.started_at, s.finished_at, s.status) for s in good],
-        gaps=_gaps(good, period, until, timeline, retention),
+        gaps=_gaps(good, period, until, timeline, retention, hr=name == "hr"),
         ipe={k: manifest.get(k) for k in ("principal", "instances", "window", "requests",
                                           "parameters", "tool_version", "started_at",
                                           "finished_at")},
