@@ -20,8 +20,9 @@ import re
 import secrets
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable
+
+from ._server import JsonHandler, LocalServer
 
 TARGET_PREFIX = "com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101."
 LOOKUP_TARGET = TARGET_PREFIX + "LookupEvents"
@@ -163,7 +164,7 @@ def make_many(count: int, start: dt.datetime | str, *, name: str = "CreateUser",
             for i in range(count)]
 
 
-class CloudTrailEmulator:
+class CloudTrailEmulator(LocalServer):
     """``LookupEvents`` on 127.0.0.1 (ephemeral port) in a background thread."""
 
     def __init__(self, events: Iterable[dict[str, Any]] = ()):
@@ -173,9 +174,6 @@ class CloudTrailEmulator:
         self._faults: list[tuple[int, str, str]] = []   # (status, code, message), one per request
         self._repeat_tokens = False
         self.requests: list[dict[str, Any]] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.url: str | None = None
         self.add(*events)
 
     # --- seeding and faults -------------------------------------------------------------------
@@ -223,45 +221,15 @@ class CloudTrailEmulator:
     def start(self) -> "CloudTrailEmulator":
         emulator = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        class Handler(JsonHandler):
+            content_type = CONTENT_TYPE
 
             def do_POST(self):  # noqa: N802 - http.server naming
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status, payload = emulator._handle(self.headers, raw)
-                body = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", CONTENT_TYPE)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-                self.end_headers()
-                self.wfile.write(body)
+                status, payload = emulator._handle(self.headers, self.read_body())
+                self.send_json(status, payload, {"x-amzn-RequestId": str(uuid.uuid4())})
 
-            def log_message(self, *args):  # keep test output quiet
-                pass
+        return self._serve(Handler, name="cloudtrail-emulator")
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name="cloudtrail-emulator")
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = self._thread = None
-
-    def __enter__(self) -> "CloudTrailEmulator":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    # --- protocol -----------------------------------------------------------------------------
     def _handle(self, headers, raw: bytes) -> tuple[int, dict[str, Any]]:
         target = headers.get("X-Amz-Target")
         entry: dict[str, Any] = {"target": target, "body": None, "region": None, "status": 200,

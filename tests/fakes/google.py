@@ -41,7 +41,6 @@ import re
 import secrets
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -49,6 +48,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from ._server import JsonHandler, LocalServer
 
 DIRECTORY_SCOPE = "https://www.googleapis.com/auth/admin.directory.user.readonly"
 REPORTS_SCOPE = "https://www.googleapis.com/auth/admin.reports.audit.readonly"
@@ -279,7 +280,7 @@ def _check_user_fields(tree: dict[str, dict]) -> None:
 
 # --- the emulator -------------------------------------------------------------------------------
 
-class GoogleEmulator:
+class GoogleEmulator(LocalServer):
     """Google's token endpoint, Directory users.list and Reports activities.list on 127.0.0.1.
 
     ``customer_id`` is the account's customer ID (``my_customer`` resolves to it), ``admin`` the
@@ -313,9 +314,6 @@ class GoogleEmulator:
         self._reject_all = False
         self._domains = set(domains or ())
         self.requests: list[dict[str, Any]] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.url: str | None = None
         self.delegate(client_id_for(service_account), scopes)
         self._token_creators.add(service_account)
         if admin:
@@ -601,50 +599,17 @@ class GoogleEmulator:
     def start(self) -> "GoogleEmulator":
         emulator = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True   # headers and body go out as separate writes
-
-            def _respond(self, status: int, payload: Any, headers: dict[str, str]) -> None:
-                body = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
-                self.send_header("Content-Length", str(len(body)))
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(body)
+        class Handler(JsonHandler):
+            content_type = "application/json; charset=UTF-8"
 
             def do_GET(self):  # noqa: N802 - http.server naming
-                self._respond(*emulator._handle("GET", self.path, self.headers, b""))
+                self.send_json(*emulator._handle("GET", self.path, self.headers, b""))
 
             def do_POST(self):  # noqa: N802
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                self._respond(*emulator._handle("POST", self.path, self.headers, raw))
+                self.send_json(*emulator._handle("POST", self.path, self.headers,
+                                                 self.read_body()))
 
-            def log_message(self, *args):  # keep test output quiet
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        daemon=True, name="google-emulator")
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = self._thread = None
-
-    def __enter__(self) -> "GoogleEmulator":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return self._serve(Handler, name="google-emulator")
 
     # --- protocol -----------------------------------------------------------------------------
     def _handle(self, method: str, target: str, headers, raw: bytes

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import json
 import re
 import secrets
@@ -65,6 +64,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from ._server import LocalServer
 
 USER_PERMISSION = "User.Read.All"
 AUDIT_PERMISSION = "AuditLog.Read.All"
@@ -224,7 +225,7 @@ _SIGN_IN_FIELDS: dict[str, Callable[[dict], Any]] = {
 }
 
 
-class GraphEmulator:
+class GraphEmulator(LocalServer):
     """Entra ID token endpoint + Microsoft Graph on https://127.0.0.1:<ephemeral port>."""
 
     def __init__(self, tenant_id: str = "8f3c2a6e-1b7d-4c9a-9e55-0d2b7a1c4f10",
@@ -257,9 +258,6 @@ class GraphEmulator:
         self._repeat_next_link = False
         self._signing_key = secrets.token_bytes(32)
         self.requests: list[dict[str, Any]] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.url: str | None = None
         self.ca_path: str | None = None
 
     # --- seeding ------------------------------------------------------------------------------
@@ -588,28 +586,13 @@ class GraphEmulator:
             def handle_error(self, request, client_address):
                 pass      # a client that gives up on TLS is not our error
 
-        self._server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"https://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name="graph-emulator")
-        self._thread.start()
-        return self
+        return self._serve(Handler, name="graph-emulator", server_class=Server, scheme="https")
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = self._thread = None
+        super().stop()
         if self._own_ca_dir is not None:
             shutil.rmtree(self._own_ca_dir, ignore_errors=True)
             self._own_ca_dir = None
-
-    def __enter__(self) -> "GraphEmulator":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # --- protocol -----------------------------------------------------------------------------
     def _handle(self, method: str, target: str, headers, body: bytes

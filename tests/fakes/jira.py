@@ -45,10 +45,11 @@ import re
 import secrets
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo
+
+from ._server import JsonHandler, LocalServer
 
 REQUEST_TYPE_FIELD = "customfield_10010"
 SUBJECT_FIELD = "customfield_10050"
@@ -286,7 +287,7 @@ class _Parser:
 
 # --- the emulator -------------------------------------------------------------------------------
 
-class JiraEmulator:
+class JiraEmulator(LocalServer):
     """Jira Cloud + JSM on 127.0.0.1; see the module docstring."""
 
     def __init__(self, email: str = "compliance-bot@corp.example", api_token: str = "jira-token",
@@ -308,9 +309,6 @@ class JiraEmulator:
         self._repeat_tokens = False
         self._next_id = 10000
         self.requests: list[dict[str, Any]] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.url: str | None = None
 
     # --- seeding ------------------------------------------------------------------------------
     def add_request(self, key: str, request_type: str, subject_email: str | None,
@@ -442,50 +440,17 @@ class JiraEmulator:
     def start(self) -> "JiraEmulator":
         emulator = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # headers and body go out in two writes: without TCP_NODELAY each response waits
-            # ~40 ms for a delayed ACK (Nagle), which a many-page test multiplies
-            disable_nagle_algorithm = True
+        class Handler(JsonHandler):
+            content_type = "application/json;charset=UTF-8"
 
             def _serve(self):
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 status, headers, payload = emulator._handle(self.command, self.path,
-                                                            self.headers, raw)
-                body = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json;charset=UTF-8")
-                self.send_header("Content-Length", str(len(body)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
+                                                            self.headers, self.read_body())
+                self.send_json(status, payload, headers)
 
             do_GET = do_POST = _serve  # noqa: N815 - http.server naming
 
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name="jira-emulator")
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = self._thread = None
-
-    def __enter__(self) -> "JiraEmulator":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return self._serve(Handler, name="jira-emulator")
 
     # --- protocol -----------------------------------------------------------------------------
     def _handle(self, method: str, target: str, headers, raw: bytes):

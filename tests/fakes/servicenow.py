@@ -38,14 +38,14 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 import re
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 from zoneinfo import ZoneInfo
+
+from ._server import JsonHandler, LocalServer
 
 TABLES = ("sc_req_item", "sysapproval_approver", "sys_user", "sc_cat_item")
 REFERENCES = {
@@ -89,7 +89,7 @@ def _sys_id(*parts: str) -> str:
     return uuid.uuid5(uuid.NAMESPACE_URL, "/".join(parts)).hex
 
 
-class ServiceNowEmulator:
+class ServiceNowEmulator(LocalServer):
     """The Table API on 127.0.0.1; see the module docstring."""
 
     def __init__(self, username: str = "svc.accessproof", password: str = "servicenow-pw", *,
@@ -106,9 +106,6 @@ class ServiceNowEmulator:
         self._repeat_links = False
         self._pinned_updates: set[str] = set()
         self.requests: list[dict[str, Any]] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.url: str | None = None
 
     # --- seeding ------------------------------------------------------------------------------
     def add_user(self, email: str, *, name: str | None = None, user_name: str | None = None,
@@ -287,52 +284,18 @@ class ServiceNowEmulator:
     def start(self) -> "ServiceNowEmulator":
         emulator = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # headers and body go out in two writes: without TCP_NODELAY each response waits
-            # ~40 ms for a delayed ACK (Nagle), which a many-page test multiplies
-            disable_nagle_algorithm = True
+        class Handler(JsonHandler):
+            content_type = "application/json;charset=UTF-8"
 
             def _serve(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
+                self.read_body()
                 status, headers, payload = emulator._handle(self.command, self.path,
                                                             self.headers)
-                body = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json;charset=UTF-8")
-                self.send_header("Content-Length", str(len(body)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
+                self.send_json(status, payload, headers)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve  # noqa: N815
 
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name="servicenow-emulator")
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = self._thread = None
-
-    def __enter__(self) -> "ServiceNowEmulator":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return self._serve(Handler, name="servicenow-emulator")
 
     # --- protocol -----------------------------------------------------------------------------
     def _handle(self, method: str, target: str, headers):
